@@ -1,0 +1,21 @@
+"""The aiohttp application: middlewares and routes; resources come from ``gateway.service``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.api.auth import auth_middleware
+from gateway.api.keys import SETTINGS
+from gateway.api.problems import problems_middleware
+from gateway.api.routes import routes
+from gateway.settings import Settings
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[problems_middleware, auth_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app.add_routes(routes)
+    return app

@@ -1,0 +1,22 @@
+"""Typed application keys (aiohttp ``AppKey``) and request keys shared by the API modules."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.broker import Broker
+from gateway.delivery import DeliveryWorker
+from gateway.directory import Directory
+from gateway.relay import OutboxRelay
+from gateway.settings import Settings
+from gateway.store.store import Store
+
+SETTINGS = web.AppKey("settings", Settings)
+DIRECTORY = web.AppKey("directory", Directory)
+STORE = web.AppKey("store", Store)
+BROKER = web.AppKey("broker", Broker)
+RELAY = web.AppKey("relay", OutboxRelay)
+WORKER = web.AppKey("worker", DeliveryWorker)
+
+#: request["agency"]: the agency code the bearer token belongs to (set by the auth middleware)
+AGENCY = "agency"

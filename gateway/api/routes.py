@@ -1,0 +1,281 @@
+"""The agencies' API: send messages, follow them, read and acknowledge the inbox."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.api.keys import AGENCY, BROKER, DIRECTORY, RELAY, STORE
+from gateway.codecs import decode, encode
+from gateway.envelope import StatusEnvelope, stamp
+from gateway.errors import (
+    FieldError,
+    Forbidden,
+    MalformedInput,
+    NotFound,
+    SchemaViolation,
+    Unavailable,
+    UnprocessableRequest,
+)
+from gateway.store.store import Accepted, InboxEntry, MessageRow, RecipientRow, utcnow
+
+log = structlog.get_logger(__name__)
+routes = web.RouteTableDef()
+
+_KEY_MAX = 255
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def _message_id(request: web.Request) -> str:
+    raw = request.match_info["id"]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise MalformedInput(
+            f"{raw!r} is not a message id (a UUID)",
+            errors=[FieldError("path:id", "not a UUID")],
+        ) from None
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= _KEY_MAX or not key.isprintable():
+        raise MalformedInput(
+            "Idempotency-Key must be 1 to 255 printable characters",
+            errors=[FieldError("header:Idempotency-Key", "1 to 255 printable characters")],
+        )
+    return key
+
+
+def _accepted_body(accepted: Accepted) -> dict[str, Any]:
+    return {
+        "id": accepted.message_id,
+        "recipients": list(accepted.recipients),
+        "accepted_at": accepted.accepted_at,
+        "links": {"self": f"/api/v1/messages/{accepted.message_id}"},
+    }
+
+
+@routes.post("/api/v1/messages")
+async def post_message(request: web.Request) -> web.Response:
+    """Accept one envelope: authorise, resolve, persist with its outbox, publish, answer 202."""
+    agency: str = request[AGENCY]
+    store = request.app[STORE]
+    key = _idempotency_key(request)
+    body = await request.read()
+    request_hash = hashlib.sha256(body).hexdigest()
+    if key is not None:
+        found = await store.find_idempotent(agency, key)
+        if found is not None:
+            accepted, first_hash = found
+            if first_hash != request_hash:
+                raise UnprocessableRequest(
+                    "this Idempotency-Key was used for a different request",
+                    errors=[FieldError("header:Idempotency-Key", "reused with another body")],
+                )
+            return json_response(
+                _accepted_body(accepted), status=202,
+                headers={"Idempotent-Replayed": "true",
+                         "Location": f"/api/v1/messages/{accepted.message_id}"},
+            )
+    envelope = decode(body)
+    header = envelope.header
+    if header.sender != agency:
+        raise Forbidden(
+            f"agency {agency} cannot send as {header.sender}",
+            errors=[FieldError("/header/sender", "must be the calling agency")],
+        )
+    directory = request.app[DIRECTORY]
+    resolution = directory.resolve(header.to, sender=agency)
+    about: str | None = None
+    if isinstance(envelope, StatusEnvelope):
+        about = str(envelope.body.about)
+        await _check_status_route(request, agency, about, resolution.recipients)
+    message_id = header.id or uuid.uuid4()
+    stamped = stamp(envelope, message_id=message_id, now=utcnow())
+    created = stamped.header.created
+    assert created is not None  # noqa: S101 - stamp() sets it
+    accepted = await store.accept(
+        message_id=str(message_id),
+        kind=stamped.kind,
+        sender=agency,
+        about=about,
+        created_at=created,
+        envelope=encode(stamped),
+        recipients_=resolution.recipients,
+        redirects=dict(resolution.redirects),
+        idempotency_key=key,
+        request_hash=request_hash,
+    )
+    log.info("message.accepted", message_id=accepted.message_id, sender=agency,
+             recipients=len(accepted.recipients), kind=stamped.kind)
+    if accepted.created and BROKER in request.app:
+        try:
+            await request.app[RELAY].publish_message(accepted.message_id)
+        except Unavailable as exc:  # stored: the relay publishes it when the broker is back
+            log.warning("message.publish_deferred", message_id=accepted.message_id,
+                        error=exc.detail)
+    return json_response(
+        _accepted_body(accepted), status=202,
+        headers={"Location": f"/api/v1/messages/{accepted.message_id}"},
+    )
+
+
+async def _check_status_route(
+    request: web.Request, agency: str, about: str, recipients: tuple[str, ...]
+) -> None:
+    """A status goes from a recipient of a message back to that message's sender, only."""
+    try:
+        original = await request.app[STORE].message(about)
+    except NotFound:
+        raise UnprocessableRequest(
+            f"status about unknown message {about}",
+            errors=[FieldError("/body/about", "no such message")],
+        ) from None
+    if agency not in {r.agency for r in original.recipients}:
+        raise Forbidden(
+            f"agency {agency} was not a recipient of message {about}",
+            errors=[FieldError("/body/about", "not a message sent to the calling agency")],
+        )
+    if recipients != (original.sender,):
+        raise UnprocessableRequest(
+            f"a status about {about} goes to its sender {original.sender} only",
+            errors=[FieldError("/header/to", f"must be [{{'agency': '{original.sender}'}}]")],
+        )
+
+
+def _recipient_view(r: RecipientRow) -> dict[str, Any]:
+    view: dict[str, Any] = {"agency": r.agency, "state": r.state, "attempts": r.attempts}
+    for name in ("addressed_as", "delivered_at", "read_at", "failed_at", "last_error"):
+        value: str | datetime | None = getattr(r, name)
+        if value is not None:
+            view[name] = value
+    return view
+
+
+def _message_view(row: MessageRow, agency: str) -> dict[str, Any]:
+    is_sender = row.sender == agency
+    shown = [r for r in row.recipients if is_sender or r.agency == agency]
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "sender": row.sender,
+        "accepted_at": row.accepted_at,
+        "recipients": [_recipient_view(r) for r in shown],
+        "envelope": orjson.Fragment(row.envelope),
+    }
+
+
+@routes.get("/api/v1/messages/{id}")
+async def get_message(request: web.Request) -> web.Response:
+    """The message and its per-recipient state, for its sender (all) or a recipient (its own)."""
+    agency: str = request[AGENCY]
+    row = await request.app[STORE].message(_message_id(request))
+    if agency != row.sender and agency not in {r.agency for r in row.recipients}:
+        raise Forbidden(f"agency {agency} is neither the sender nor a recipient of {row.id}")
+    return json_response(_message_view(row, agency))
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise SchemaViolation(
+            f"query parameter {name} must be an integer from {low} to {high}",
+            errors=[FieldError(f"query:{name}", f"integer from {low} to {high}")],
+        )
+    return value
+
+
+def _inbox_item(entry: InboxEntry) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "seq": entry.seq,
+        "message_id": entry.message_id,
+        "received_at": entry.received_at,
+        "envelope": orjson.Fragment(entry.envelope),
+    }
+    if entry.acked_at is not None:
+        item["acked_at"] = entry.acked_at
+    return item
+
+
+@routes.get("/api/v1/inbox")
+async def get_inbox(request: web.Request) -> web.Response:
+    """The calling agency's inbox, oldest first, paged by ``after`` (the last ``seq`` seen)."""
+    agency: str = request[AGENCY]
+    wanted = request.query.get("agency", agency)
+    if wanted != agency:
+        raise Forbidden(f"agency {agency} cannot read the inbox of {wanted}")
+    after = _int_param(request, "after", 0, 0, 2**62)
+    limit = _int_param(request, "limit", 50, 1, 500)
+    unread = request.query.get("unread", "false")
+    if unread not in {"true", "false"}:
+        raise SchemaViolation(
+            "query parameter unread must be true or false",
+            errors=[FieldError("query:unread", "true or false")],
+        )
+    entries = await request.app[STORE].inbox_page(
+        agency, after=after, limit=limit, unread_only=unread == "true"
+    )
+    next_after = entries[-1].seq if len(entries) == limit else None
+    return json_response(
+        {"agency": agency, "items": [_inbox_item(e) for e in entries], "next_after": next_after}
+    )
+
+
+@routes.post("/api/v1/inbox/{id}/ack")
+async def ack_inbox(request: web.Request) -> web.Response:
+    """The calling agency has read the message: its sender sees ``read``. Idempotent."""
+    agency: str = request[AGENCY]
+    message_id = _message_id(request)
+    store = request.app[STORE]
+    try:
+        acked_at = await store.ack(agency, message_id)
+    except NotFound:
+        row = await store.message(message_id)  # NotFound when there is no such message
+        if agency not in {r.agency for r in row.recipients}:
+            raise Forbidden(f"message {message_id} was not sent to agency {agency}") from None
+        raise NotFound(f"message {message_id} has not reached the inbox of {agency} yet"
+                       ) from None
+    log.info("inbox.acked", message_id=message_id, agency=agency)
+    return json_response({"message_id": message_id, "agency": agency, "acked_at": acked_at})
+
+
+@routes.get("/health/live")
+async def live(_request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@routes.get("/health/ready")
+async def ready(request: web.Request) -> web.Response:
+    """Ready when the store answers and the broker connection is open."""
+    checks: dict[str, str] = {}
+    try:
+        await request.app[STORE].ping()
+        checks["store"] = "ok"
+    except Unavailable as exc:
+        checks["store"] = exc.detail
+    if BROKER in request.app:
+        checks["broker"] = "ok" if not request.app[BROKER].connection.is_closed else "closed"
+    ok = all(v == "ok" for v in checks.values())
+    return json_response({"status": "ok" if ok else "unavailable", "checks": checks},
+                         status=200 if ok else 503)

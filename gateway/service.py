@@ -1,0 +1,104 @@
+"""The gateway as one process: API, outbox relay and delivery workers, wired with cleanup_ctx.
+
+Each resource is one ``cleanup_ctx`` generator: set up in order, torn down in reverse, only
+what was set up. On SIGTERM aiohttp stops accepting requests and runs the teardown: the workers
+stop consuming and drain what they hold, the relay stops, the broker and store close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from gateway import topology as topo
+from gateway.api import create_app
+from gateway.api.keys import BROKER, DIRECTORY, RELAY, SETTINGS, STORE, WORKER
+from gateway.broker import Broker
+from gateway.delivery import DeliveryWorker
+from gateway.directory import Directory, load_directory
+from gateway.relay import OutboxRelay
+from gateway.settings import Settings
+from gateway.store.store import Store
+
+log = structlog.get_logger(__name__)
+
+
+def build_app(
+    settings: Settings,
+    directory: Directory | None = None,
+    *,
+    broker: bool = True,
+    workers: bool = True,
+    relay_loop: bool = True,
+) -> web.Application:
+    """The whole gateway as an aiohttp app. ``broker=False`` gives the API on the store alone
+    (accepted messages wait in the outbox); ``workers=False`` runs no delivery consumers."""
+    app = create_app(settings)
+    app[DIRECTORY] = directory or load_directory(
+        settings.directory_path, allow_insecure_push=settings.allow_insecure_push
+    )
+    app.cleanup_ctx.append(_store_ctx)
+    if broker:
+        app.cleanup_ctx.append(_broker_ctx)
+        if relay_loop:
+            app.cleanup_ctx.append(_relay_loop_ctx)
+        if workers:
+            app.cleanup_ctx.append(_workers_ctx)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    async with Store.open(settings.store_url, migrate_schema=settings.migrate_on_start) as store:
+        app[STORE] = store
+        yield
+
+
+async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    name = f"lienthong@{socket.gethostname()}:{os.getpid()}"
+    async with Broker.open(settings.amqp_url, topo.build(settings), name=name) as broker:
+        app[BROKER] = broker
+        app[RELAY] = OutboxRelay(app[STORE], broker, settings)
+        yield
+
+
+async def _relay_loop_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[RELAY].run(), name="outbox-relay")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    timeout = aiohttp.ClientTimeout(total=settings.push_timeout)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        worker = DeliveryWorker(
+            store=app[STORE], broker=app[BROKER], directory=app[DIRECTORY],
+            settings=settings, http=http,
+        )
+        await worker.start()
+        app[WORKER] = worker
+        yield
+        await worker.stop()
+
+
+def serve(settings: Settings) -> None:
+    """``lienthong serve``: run until SIGINT/SIGTERM, then drain and exit."""
+    app = build_app(settings)
+    log.info("gateway.starting", host=settings.http_host, port=settings.http_port,
+             agencies=len(app[DIRECTORY]))
+    web.run_app(
+        app, host=settings.http_host, port=settings.http_port, print=None,
+        shutdown_timeout=settings.drain_timeout, access_log=None,
+    )

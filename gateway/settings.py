@@ -1,0 +1,188 @@
+"""Typed, strict settings read from ``LIENTHONG_*`` environment variables.
+
+An unknown ``LIENTHONG_*`` variable or a malformed value is a :class:`ConfigError` naming the
+variable: a typo must stop start-up, not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.errors import ConfigError
+
+PREFIX = "LIENTHONG_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DIRECTORY = REPO_ROOT / "deploy" / "directory.yaml"
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"5s"``, ``"30m"``, ``"2h"``, ``"250ms"`` or plain seconds -> seconds."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 500ms, 5s, 30m, 2h)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _durations(text: str) -> tuple[float, ...]:
+    values = tuple(parse_duration(part) for part in text.split(",") if part.strip())
+    if not values:
+        raise ValueError("needs at least one duration")
+    return values
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"not a TCP port: {value}")
+    return value
+
+
+def _amqp_url(text: str) -> str:
+    if urlsplit(text).scheme not in {"amqp", "amqps"}:
+        raise ValueError("must be an amqp:// or amqps:// URL")
+    return text
+
+
+def _db_url(text: str) -> str:
+    scheme = urlsplit(text).scheme
+    if scheme not in {"sqlite+aiosqlite", "postgresql+asyncpg"}:
+        raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+    return text
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def _namespace(text: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9_.-]{0,40}", text):
+        raise ValueError("must be lowercase letters, digits, '.', '-' or '_' (max 41)")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the gateway reads from its environment. Defaults are safe for one machine."""
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    data_dir: Path = Path("var")
+    database_url: str = ""  # empty: SQLite file under data_dir
+    directory_path: Path = DEFAULT_DIRECTORY
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    namespace: str = "lienthong"  # prefix of every exchange and queue name
+    shards: int = 8
+    prefetch: int = 32
+    retry_delays: tuple[float, ...] = (5.0, 30.0, 300.0, 1800.0, 7200.0)
+    max_attempts: int = 8
+    delivery_limit: int = 20
+    push_timeout: float = 10.0
+    relay_interval: float = 1.0
+    relay_grace: float = 5.0
+    drain_timeout: float = 30.0
+    max_body_bytes: int = 2 * 1024 * 1024
+    log_format: str = "auto"
+    log_level: str = "info"
+    allow_insecure_push: bool = False  # http:// push endpoints (tests and the demo only)
+    migrate_on_start: bool = True
+
+    @property
+    def store_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'lienthong.db').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    def with_(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        known = {f"{PREFIX}{f.name.upper()}": f for f in dataclasses.fields(cls)}
+        # Two names kept for habit: LIENTHONG_DIRECTORY, LIENTHONG_DATA_DIR.
+        known[f"{PREFIX}DIRECTORY"] = known.pop(f"{PREFIX}DIRECTORY_PATH")
+        values: dict[str, Any] = {}
+        for name, raw in env.items():
+            if not name.startswith(PREFIX):
+                continue
+            spec = known.get(name)
+            if spec is None:
+                raise ConfigError(f"{name}: unknown setting (known: {', '.join(sorted(known))})")
+            try:
+                values[spec.name] = _PARSERS[spec.name](raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}={_shown(name, raw)}: {exc}") from None
+        return cls(**values)
+
+
+def _shown(name: str, raw: str) -> str:
+    """A value fit for an error line: URLs lose their password."""
+    if "URL" in name:
+        parts = urlsplit(raw)
+        if parts.password:
+            return raw.replace(f":{parts.password}@", ":***@")
+    return repr(raw)
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "amqp_url": _amqp_url,
+    "data_dir": Path,
+    "database_url": _db_url,
+    "directory_path": Path,
+    "http_host": str,
+    "http_port": _port,
+    "namespace": _namespace,
+    "shards": _positive_int,
+    "prefetch": _positive_int,
+    "retry_delays": _durations,
+    "max_attempts": _positive_int,
+    "delivery_limit": _positive_int,
+    "push_timeout": parse_duration,
+    "relay_interval": parse_duration,
+    "relay_grace": parse_duration,
+    "drain_timeout": parse_duration,
+    "max_body_bytes": _positive_int,
+    "log_format": _choice("auto", "console", "json"),
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "allow_insecure_push": _bool,
+    "migrate_on_start": _bool,
+}
+
+# Every field has a parser; checked at import so that a new field cannot be forgotten.
+if set(_PARSERS) != {f.name for f in dataclasses.fields(Settings)}:
+    raise RuntimeError("Settings and _PARSERS disagree")

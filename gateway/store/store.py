@@ -1,0 +1,546 @@
+"""The store: messages, per-recipient delivery state, outbox, inbox, credentials, audit events.
+
+SQLAlchemy 2 async Core over SQLite (WAL, the embedded default) or PostgreSQL, through the same
+code. Every method that changes state does so in one transaction, and writes its audit event in
+that same transaction: what the store says happened, happened, and nothing else did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError, OperationalError, DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from gateway.errors import Conflict, NotFound, Unavailable
+from gateway.store import migrate
+from gateway.store.tables import audit_events, credentials, inbox, messages, outbox, recipients
+
+TOKEN_PREFIX = "lt_"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def hash_token(token: str) -> str:
+    """Tokens are 256-bit random values: a plain SHA-256 is enough (no password stretching)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class State:
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    message_id: str
+    recipients: tuple[str, ...]
+    accepted_at: datetime
+    created: bool  # False: an earlier request with the same Idempotency-Key
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRow:
+    agency: str
+    state: str
+    addressed_as: str | None
+    attempts: int
+    delivered_at: datetime | None
+    read_at: datetime | None
+    failed_at: datetime | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    id: str
+    kind: str
+    sender: str
+    about: str | None
+    accepted_at: datetime
+    envelope: bytes
+    recipients: tuple[RecipientRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    seq: int
+    message_id: str
+    received_at: datetime
+    acked_at: datetime | None
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    message_id: str
+    sender: str
+    recipient: str
+    envelope: bytes
+
+
+def _insert_ignore(conn: AsyncConnection, table: sa.Table) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` in the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+class Store:
+    """Open with :meth:`open` (an async context manager); all methods are safe to call
+    concurrently from many tasks and from several processes on the same database."""
+
+    def __init__(self, engine: AsyncEngine, read_engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._read_engine = read_engine
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, url: str, *, migrate_schema: bool = True) -> AsyncIterator[Store]:
+        engine, read_engine = _engines(url)
+        try:
+            if migrate_schema:
+                await migrate.upgrade(engine)
+            yield cls(engine, read_engine)
+        finally:
+            await engine.dispose()
+            if read_engine is not engine:
+                await read_engine.dispose()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self._engine.begin() as conn:
+                yield conn
+        except (OperationalError, DBAPIError) as exc:
+            if isinstance(exc, IntegrityError):
+                raise
+            raise Unavailable(f"store unavailable: {exc.orig.__class__.__name__}") from exc
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self._read_engine.connect() as conn:
+                yield conn
+        except (OperationalError, DBAPIError) as exc:
+            raise Unavailable(f"store unavailable: {exc.orig.__class__.__name__}") from exc
+
+    async def ping(self) -> None:
+        async with self.read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    # -- credentials --------------------------------------------------------------------------
+    async def issue_credential(self, agency: str, label: str | None = None) -> tuple[str, str]:
+        """A new bearer token for ``agency``: returns (credential id, token). Only the hash is
+        kept, so the token cannot be shown again."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        cred_id = str(uuid.uuid4())
+        async with self.write() as conn:
+            await conn.execute(
+                credentials.insert().values(
+                    id=cred_id, agency=agency, token_hash=hash_token(token), label=label,
+                    created_at=utcnow(),
+                )
+            )
+            await _audit(conn, "credential.issued", agency=agency, detail={"credential": cred_id})
+        return cred_id, token
+
+    async def revoke_credentials(self, agency: str, credential_id: str | None = None) -> int:
+        now = utcnow()
+        query = credentials.update().where(
+            credentials.c.agency == agency, credentials.c.revoked_at.is_(None)
+        )
+        if credential_id is not None:
+            query = query.where(credentials.c.id == credential_id)
+        async with self.write() as conn:
+            result = await conn.execute(query.values(revoked_at=now))
+            if result.rowcount:
+                await _audit(
+                    conn, "credential.revoked", agency=agency,
+                    detail={"credential": credential_id or "all", "count": result.rowcount},
+                )
+        return int(result.rowcount)
+
+    async def authenticate(self, token: str) -> str | None:
+        """The agency a bearer token belongs to, or None when unknown or revoked."""
+        async with self.read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(credentials.c.agency).where(
+                        credentials.c.token_hash == hash_token(token),
+                        credentials.c.revoked_at.is_(None),
+                    )
+                )
+            ).first()
+        return None if row is None else str(row.agency)
+
+    # -- accepting ----------------------------------------------------------------------------
+    async def find_idempotent(self, sender: str, key: str) -> tuple[Accepted, str] | None:
+        """The first answer to (sender, Idempotency-Key), with its request hash."""
+        async with self.read() as conn:
+            return await _find_idempotent(conn, sender, key)
+
+    async def accept(
+        self,
+        *,
+        message_id: str,
+        kind: str,
+        sender: str,
+        about: str | None,
+        created_at: datetime,
+        envelope: bytes,
+        recipients_: Sequence[str],
+        redirects: dict[str, str],
+        idempotency_key: str | None,
+        request_hash: str,
+    ) -> Accepted:
+        """Persist the message, its recipients and their outbox rows in one transaction."""
+        now = utcnow()
+        try:
+            async with self.write() as conn:
+                await conn.execute(
+                    messages.insert().values(
+                        id=message_id, kind=kind, sender=sender, about=about,
+                        created_at=created_at, accepted_at=now,
+                        idempotency_key=idempotency_key, request_hash=request_hash,
+                        envelope=envelope.decode(),
+                    )
+                )
+                addressed = {final: original for original, final in redirects.items()}
+                await conn.execute(
+                    recipients.insert(),
+                    [
+                        {
+                            "message_id": message_id, "agency": agency, "state": State.PENDING,
+                            "addressed_as": addressed.get(agency), "attempts": 0,
+                            "updated_at": now,
+                        }
+                        for agency in recipients_
+                    ],
+                )
+                await conn.execute(
+                    outbox.insert(),
+                    [
+                        {"message_id": message_id, "recipient": agency, "created_at": now,
+                         "publish_attempts": 0}
+                        for agency in recipients_
+                    ],
+                )
+                await _audit(
+                    conn, "accepted", message_id=message_id, agency=sender, actor=sender,
+                    detail={"kind": kind, "recipients": list(recipients_),
+                            **({"redirects": redirects} if redirects else {})},
+                )
+        except IntegrityError:
+            # Two requests with one Idempotency-Key raced: the other one won; answer as it did.
+            if idempotency_key is not None:
+                found = await self.find_idempotent(sender, idempotency_key)
+                if found is not None:
+                    return found[0]
+            raise Conflict(f"message {message_id} already exists") from None
+        return Accepted(message_id, tuple(recipients_), now, created=True)
+
+    # -- outbox -------------------------------------------------------------------------------
+    async def outbox_rows(self, ids: Sequence[int] | None = None, *, older_than: datetime | None
+                          = None, limit: int = 500) -> list[OutboxRow]:
+        """Unpublished outbox rows: the given ones, or every one created before ``older_than``."""
+        query = (
+            sa.select(
+                outbox.c.id, outbox.c.message_id, messages.c.sender, outbox.c.recipient,
+                messages.c.envelope,
+            )
+            .join(messages, messages.c.id == outbox.c.message_id)
+            .where(outbox.c.published_at.is_(None))
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        if ids is not None:
+            query = query.where(outbox.c.id.in_(ids))
+        if older_than is not None:
+            query = query.where(outbox.c.created_at < older_than)
+        async with self.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            OutboxRow(r.id, r.message_id, r.sender, r.recipient, r.envelope.encode())
+            for r in rows
+        ]
+
+    async def outbox_for(self, message_id: str) -> list[OutboxRow]:
+        async with self.read() as conn:
+            ids = (
+                await conn.execute(
+                    sa.select(outbox.c.id).where(
+                        outbox.c.message_id == message_id, outbox.c.published_at.is_(None)
+                    )
+                )
+            ).scalars().all()
+        return await self.outbox_rows(list(ids)) if ids else []
+
+    async def mark_published(self, rows: Sequence[OutboxRow]) -> None:
+        if not rows:
+            return
+        now = utcnow()
+        async with self.write() as conn:
+            await conn.execute(
+                outbox.update()
+                .where(outbox.c.id.in_([r.id for r in rows]), outbox.c.published_at.is_(None))
+                .values(published_at=now)
+            )
+            for row in rows:
+                await _audit(conn, "published", message_id=row.message_id, agency=row.recipient)
+
+    async def note_publish_failure(self, rows: Sequence[OutboxRow]) -> None:
+        async with self.write() as conn:
+            await conn.execute(
+                outbox.update()
+                .where(outbox.c.id.in_([r.id for r in rows]))
+                .values(publish_attempts=outbox.c.publish_attempts + 1)
+            )
+
+    # -- delivery -----------------------------------------------------------------------------
+    async def recipient_state(self, message_id: str, agency: str) -> str | None:
+        async with self.read() as conn:
+            return (
+                await conn.execute(
+                    sa.select(recipients.c.state).where(
+                        recipients.c.message_id == message_id, recipients.c.agency == agency
+                    )
+                )
+            ).scalar_one_or_none()
+
+    async def record_delivery(self, message_id: str, agency: str, *, mode: str,
+                              attempt: int) -> bool:
+        """The delivery took effect: the message enters the agency's inbox (once, ever) and
+        the recipient becomes ``delivered``. False when it had already been recorded."""
+        now = utcnow()
+        async with self.write() as conn:
+            inserted = await conn.execute(
+                _insert_ignore(conn, inbox).values(
+                    agency=agency, message_id=message_id, received_at=now
+                )
+            )
+            changed = await conn.execute(
+                recipients.update()
+                .where(
+                    recipients.c.message_id == message_id,
+                    recipients.c.agency == agency,
+                    recipients.c.state.in_([State.PENDING, State.FAILED]),
+                )
+                .values(state=State.DELIVERED, delivered_at=now, updated_at=now, attempts=attempt,
+                        last_error=None)
+            )
+            fresh = bool(inserted.rowcount) or bool(changed.rowcount)
+            if fresh:
+                await _audit(conn, "delivered", message_id=message_id, agency=agency,
+                             detail={"mode": mode, "attempt": attempt})
+        return fresh
+
+    async def record_attempt_failure(self, message_id: str, agency: str, *, attempt: int,
+                                     error: str, permanent: bool) -> None:
+        now = utcnow()
+        values: dict[str, Any] = {"attempts": attempt, "last_error": error, "updated_at": now}
+        if permanent:
+            values |= {"state": State.FAILED, "failed_at": now}
+        async with self.write() as conn:
+            await conn.execute(
+                recipients.update()
+                .where(
+                    recipients.c.message_id == message_id,
+                    recipients.c.agency == agency,
+                    recipients.c.state == State.PENDING,
+                )
+                .values(**values)
+            )
+            await _audit(
+                conn, "dead_lettered" if permanent else "retried", message_id=message_id,
+                agency=agency, detail={"attempt": attempt, "error": error},
+            )
+
+    # -- inbox --------------------------------------------------------------------------------
+    async def inbox_page(self, agency: str, *, after: int = 0, limit: int = 50,
+                         unread_only: bool = False) -> list[InboxEntry]:
+        query = (
+            sa.select(inbox.c.seq, inbox.c.message_id, inbox.c.received_at, inbox.c.acked_at,
+                      messages.c.envelope)
+            .join(messages, messages.c.id == inbox.c.message_id)
+            .where(inbox.c.agency == agency, inbox.c.seq > after)
+            .order_by(inbox.c.seq)
+            .limit(limit)
+        )
+        if unread_only:
+            query = query.where(inbox.c.acked_at.is_(None))
+        async with self.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            InboxEntry(r.seq, r.message_id, r.received_at, r.acked_at, r.envelope.encode())
+            for r in rows
+        ]
+
+    async def ack(self, agency: str, message_id: str) -> datetime:
+        """The agency has read the message: idempotent, returns when it was first acked."""
+        now = utcnow()
+        async with self.write() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(inbox.c.acked_at).where(
+                        inbox.c.agency == agency, inbox.c.message_id == message_id
+                    )
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"message {message_id} is not in the inbox of {agency}")
+            if row.acked_at is not None:
+                acked_at: datetime = row.acked_at
+                return acked_at
+            await conn.execute(
+                inbox.update()
+                .where(inbox.c.agency == agency, inbox.c.message_id == message_id)
+                .values(acked_at=now)
+            )
+            await conn.execute(
+                recipients.update()
+                .where(recipients.c.message_id == message_id, recipients.c.agency == agency)
+                .values(state=State.READ, read_at=now, updated_at=now)
+            )
+            await _audit(conn, "read", message_id=message_id, agency=agency, actor=agency)
+        return now
+
+    # -- queries ------------------------------------------------------------------------------
+    async def message(self, message_id: str) -> MessageRow:
+        async with self.read() as conn:
+            row = (
+                await conn.execute(sa.select(messages).where(messages.c.id == message_id))
+            ).first()
+            if row is None:
+                raise NotFound(f"no message {message_id}")
+            recips = (
+                await conn.execute(
+                    sa.select(recipients)
+                    .where(recipients.c.message_id == message_id)
+                    .order_by(recipients.c.agency)
+                )
+            ).all()
+        return MessageRow(
+            id=row.id, kind=row.kind, sender=row.sender, about=row.about,
+            accepted_at=row.accepted_at, envelope=row.envelope.encode(),
+            recipients=tuple(
+                RecipientRow(r.agency, r.state, r.addressed_as, r.attempts, r.delivered_at,
+                             r.read_at, r.failed_at, r.last_error)
+                for r in recips
+            ),
+        )
+
+    async def events(self, message_id: str) -> list[dict[str, Any]]:
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(audit_events)
+                    .where(audit_events.c.message_id == message_id)
+                    .order_by(audit_events.c.id)
+                )
+            ).all()
+        return [
+            {"at": r.at, "event": r.event, "agency": r.agency, "actor": r.actor,
+             "detail": orjson.loads(r.detail) if r.detail else None}
+            for r in rows
+        ]
+
+    async def counts(self) -> dict[str, int]:
+        """Recipient rows per delivery state (for the demo summary and the benchmark)."""
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(recipients.c.state, sa.func.count()).group_by(recipients.c.state)
+                )
+            ).all()
+        return {str(state): int(n) for state, n in rows}
+
+
+async def _find_idempotent(
+    conn: AsyncConnection, sender: str, key: str
+) -> tuple[Accepted, str] | None:
+    row = (
+        await conn.execute(
+            sa.select(messages.c.id, messages.c.accepted_at, messages.c.request_hash).where(
+                messages.c.sender == sender, messages.c.idempotency_key == key
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    agencies = (
+        await conn.execute(
+            sa.select(recipients.c.agency).where(recipients.c.message_id == row.id)
+        )
+    ).scalars().all()
+    return Accepted(row.id, tuple(agencies), row.accepted_at, created=False), row.request_hash
+
+
+async def _audit(
+    conn: AsyncConnection,
+    event_name: str,
+    *,
+    message_id: str | None = None,
+    agency: str | None = None,
+    actor: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    await conn.execute(
+        audit_events.insert().values(
+            at=utcnow(), event=event_name, message_id=message_id, agency=agency, actor=actor,
+            detail=orjson.dumps(detail).decode() if detail else None,
+        )
+    )
+
+
+def _engines(url: str) -> tuple[AsyncEngine, AsyncEngine]:
+    if not url.startswith("sqlite"):
+        engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        return engine, engine
+    # SQLite: writers take the write lock when they begin (BEGIN IMMEDIATE), so two writers
+    # queue on busy_timeout instead of deadlocking on a read-to-write upgrade; readers use a
+    # second engine with plain deferred transactions, which WAL lets run beside the writer.
+    engine = create_async_engine(url)
+    read_engine = create_async_engine(url)
+    _sqlite_pragmas(engine, immediate=True)
+    _sqlite_pragmas(read_engine, immediate=False)
+    return engine, read_engine
+
+
+def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let SQLAlchemy's BEGIN below decide
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")  # a 202 promises the row survives a crash
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

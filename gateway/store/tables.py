@@ -1,0 +1,142 @@
+"""The store's tables (SQLAlchemy Core). Alembic migrations in ``migrations/`` create them.
+
+Timestamps are UTC and timezone-aware on both SQLite and PostgreSQL (:class:`UTCDateTime`).
+Agency codes are the 13-character national identifiers; message ids are UUID strings.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL wants a 64-bit identity.
+SerialId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, whatever the dialect keeps."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use an aware one")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)  # noqa: S101
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+AgencyCode = String(13)
+MessageId = String(36)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", MessageId, primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("sender", AgencyCode, nullable=False),
+    Column("about", MessageId, nullable=True),  # a status message: the message it reports on
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("accepted_at", UTCDateTime(), nullable=False),
+    Column("idempotency_key", String(255), nullable=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("envelope", Text, nullable=False),  # canonical JSON, as accepted
+    UniqueConstraint("sender", "idempotency_key"),
+    Index(None, "sender", "accepted_at"),
+)
+
+recipients = Table(
+    "recipients",
+    metadata,
+    Column("message_id", MessageId, ForeignKey("messages.id"), primary_key=True),
+    Column("agency", AgencyCode, primary_key=True),
+    Column("addressed_as", AgencyCode, nullable=True),  # set when redirected to a successor
+    Column("state", String(16), nullable=False),  # pending | delivered | read | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    Column("read_at", UTCDateTime(), nullable=True),
+    Column("failed_at", UTCDateTime(), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index(None, "agency", "state"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", SerialId, primary_key=True, autoincrement=True),
+    Column("message_id", MessageId, ForeignKey("messages.id"), nullable=False),
+    Column("recipient", AgencyCode, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("published_at", UTCDateTime(), nullable=True),
+    Column("publish_attempts", Integer, nullable=False, default=0),
+    Index(None, "published_at", "created_at"),
+)
+
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("seq", SerialId, primary_key=True, autoincrement=True),
+    Column("agency", AgencyCode, nullable=False),
+    Column("message_id", MessageId, ForeignKey("messages.id"), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("acked_at", UTCDateTime(), nullable=True),
+    # The receiver-side deduplication: a message enters an agency's inbox once, ever.
+    UniqueConstraint("agency", "message_id"),
+)
+
+credentials = Table(
+    "credentials",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("agency", AgencyCode, nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),  # sha256 hex; never the token
+    Column("label", String(255), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", SerialId, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("message_id", MessageId, nullable=True, index=True),
+    Column("agency", AgencyCode, nullable=True),
+    Column("actor", String(64), nullable=True),
+    Column("detail", Text, nullable=True),  # JSON
+)
