@@ -184,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as exc:
         sys.stderr.write(f"lienthong: {exc.detail}\n")
         return 2
+    except OSError as exc:  # a file the command was told to read or write
+        sys.stderr.write(f"lienthong: {exc.strerror}: {exc.filename}\n")
+        return 2
     except KeyboardInterrupt:
         return 130
     return code
