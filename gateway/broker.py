@@ -161,3 +161,17 @@ class Broker:
         finally:
             if not channel.is_closed:
                 await channel.close()
+
+
+async def delete_topology(url: str, topology: Topology) -> None:
+    """Delete every queue and exchange of a topology (tests, the demo and the benchmark use
+    their own namespace and remove it afterwards; production never calls this)."""
+    connection = await connect(url, name="lienthong-cleanup")
+    try:
+        channel = await connection.channel()
+        for q in topology.queues:
+            await channel.queue_delete(q.name)
+        for ex in topology.exchanges:
+            await channel.exchange_delete(ex.name)
+    finally:
+        await connection.close()
