@@ -18,5 +18,5 @@ BROKER = web.AppKey("broker", Broker)
 RELAY = web.AppKey("relay", OutboxRelay)
 WORKER = web.AppKey("worker", DeliveryWorker)
 
-#: request["agency"]: the agency code the bearer token belongs to (set by the auth middleware)
-AGENCY = "agency"
+#: the agency code the bearer token belongs to (set by the auth middleware)
+AGENCY = web.RequestKey("agency", str)

@@ -1,0 +1,1 @@
+"""Real HTTP servers that play the external systems the gateway talks to."""
