@@ -5,16 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 from aiohttp import web
+from openapi_schema_validator import OAS31Validator, oas31_format_checker
 from openapi_spec_validator import validate
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 from gateway.api import create_app
 from gateway.codecs import decode_obj
 from gateway.settings import Settings
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "schemas" / "openapi.yaml"
+ENVELOPE_SCHEMA_PATH = SPEC_PATH.with_name("envelope.schema.json")
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 #: Methods aiohttp adds by itself (HEAD beside every GET) or that are not one method ("*").
 _SKIPPED_METHODS = frozenset({"HEAD", "*"})
@@ -162,3 +167,60 @@ def test_request_examples_are_valid_envelopes(spec: dict[str, Any]) -> None:
     for name, example in examples.items():
         envelope = decode_obj(example["value"])
         assert envelope.kind == example["value"]["kind"], name
+
+
+def _pointer(*parts: str) -> str:
+    return "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _examples(spec: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """(where, JSON pointer of the schema, example value) for every example in the spec."""
+    found: list[tuple[str, str, Any]] = []
+
+    def media(where: str, at: tuple[str, ...], content: dict[str, Any]) -> None:
+        for media_type, body in content.items():
+            schema_at = _pointer(*at, media_type, "schema")
+            if "example" in body:
+                found.append((f"{where} {media_type}", schema_at, body["example"]))
+            for name, example in body.get("examples", {}).items():
+                if "$ref" in example:
+                    example = spec["components"]["examples"][example["$ref"].rsplit("/", 1)[-1]]
+                found.append((f"{where} {media_type} {name}", schema_at, example["value"]))
+
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            where = f"{method.upper()} {path}"
+            if "requestBody" in op:
+                media(f"{where} request", ("paths", path, method, "requestBody", "content"),
+                      op["requestBody"]["content"])
+            for status, response in op["responses"].items():
+                if "$ref" not in response:
+                    media(f"{where} {status}",
+                          ("paths", path, method, "responses", status, "content"),
+                          response.get("content", {}))
+    for name, response in spec["components"]["responses"].items():
+        media(f"response {name}", ("components", "responses", name, "content"),
+              response.get("content", {}))
+    for name, schema in spec["components"]["schemas"].items():
+        for value in [schema["example"]] if "example" in schema else schema.get("examples", []):
+            found.append((f"schema {name}", _pointer("components", "schemas", name), value))
+    return found
+
+
+def test_examples_match_their_schemas(spec: dict[str, Any]) -> None:
+    spec_uri = SPEC_PATH.as_uri()
+    envelope = orjson.loads(ENVELOPE_SCHEMA_PATH.read_bytes())
+    registry: Registry[Any] = Registry().with_resources([
+        (spec_uri, Resource.from_contents(spec, default_specification=DRAFT202012)),
+        (ENVELOPE_SCHEMA_PATH.as_uri(), Resource.from_contents(envelope)),
+    ])
+    examples = _examples(spec)
+    assert len(examples) >= 15, [where for where, _, _ in examples]
+    wrong = []
+    for where, schema_at, value in examples:
+        validator = OAS31Validator({"$ref": f"{spec_uri}#{schema_at}"}, registry=registry,
+                                   format_checker=oas31_format_checker)
+        wrong += [f"{where}: {e.json_path}: {e.message}" for e in validator.iter_errors(value)]
+    assert not wrong, "examples that break their schema:\n" + "\n".join(wrong)

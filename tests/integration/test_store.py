@@ -1,0 +1,94 @@
+"""The store on SQLite and PostgreSQL: migrations in step with the code, tokens, timestamps."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from gateway.errors import Conflict
+from gateway.store import migrate
+from gateway.store.store import Store, hash_token
+from gateway.store.tables import credentials
+from tests.conftest import HUE, PROVINCE
+
+
+@pytest.fixture
+async def store(db_url: str) -> Store:
+    async with Store.open(db_url) as opened:
+        yield opened
+
+
+async def test_migrations_match_the_tables_in_code(store: Store) -> None:
+    assert await migrate.current_revision(store._engine) == "0001"
+    assert await migrate.drift(store._engine) == []
+
+
+async def test_migrating_twice_is_harmless(db_url: str) -> None:
+    async with Store.open(db_url):
+        pass
+    async with Store.open(db_url) as store:
+        assert await migrate.current_revision(store._engine) == "0001"
+
+
+async def test_only_the_token_hash_is_stored(store: Store) -> None:
+    cred_id, token = await store.issue_credential(HUE, "qlvb")
+    async with store.read() as conn:
+        row = (await conn.execute(credentials.select())).one()
+    assert row.id == cred_id
+    assert row.token_hash == hash_token(token)
+    assert token not in str(tuple(row))
+    assert await store.authenticate(token) == HUE
+    assert await store.authenticate(token + "x") is None
+
+
+async def test_revoke_one_credential_keeps_the_others(store: Store) -> None:
+    first_id, first = await store.issue_credential(HUE)
+    _, second = await store.issue_credential(HUE)
+    assert await store.revoke_credentials(HUE, first_id) == 1
+    assert await store.authenticate(first) is None
+    assert await store.authenticate(second) == HUE
+    assert await store.revoke_credentials(HUE, first_id) == 0
+
+
+async def _accept(store: Store, message_id: str, key: str | None) -> object:
+    return await store.accept(
+        message_id=message_id, kind="document", sender=HUE, about=None,
+        created_at=datetime(2026, 11, 25, 9, 0, tzinfo=timezone(timedelta(hours=7))),
+        envelope=b"{}", recipients_=[PROVINCE], redirects={}, idempotency_key=key,
+        request_hash="a" * 64,
+    )
+
+
+async def test_timestamps_come_back_aware_and_in_utc(store: Store) -> None:
+    await _accept(store, "00000000-0000-4000-8000-000000000001", None)
+    row = await store.message("00000000-0000-4000-8000-000000000001")
+    assert row.accepted_at.tzinfo is not None
+    assert row.accepted_at.utcoffset() == timedelta(0)
+    assert abs(datetime.now(UTC) - row.accepted_at) < timedelta(minutes=1)
+
+
+async def test_idempotency_race_yields_the_first_answer(store: Store) -> None:
+    results = await asyncio.gather(*(
+        _accept(store, f"00000000-0000-4000-8000-00000000000{n}", "same-key") for n in range(5)
+    ))
+    ids = {r.message_id for r in results}  # type: ignore[attr-defined]
+    assert len(ids) == 1
+    assert sum(r.created for r in results) == 1  # type: ignore[attr-defined]
+
+
+async def test_a_reused_message_id_is_a_conflict(store: Store) -> None:
+    await _accept(store, "00000000-0000-4000-8000-000000000009", None)
+    with pytest.raises(Conflict):
+        await _accept(store, "00000000-0000-4000-8000-000000000009", None)
+
+
+async def test_delivery_is_recorded_once(store: Store) -> None:
+    message_id = "00000000-0000-4000-8000-000000000010"
+    await _accept(store, message_id, None)
+    first = await store.record_delivery(message_id, PROVINCE, mode="pull", attempt=1)
+    again = await store.record_delivery(message_id, PROVINCE, mode="pull", attempt=2)
+    assert (first, again) == (True, False)
+    page = await store.inbox_page(PROVINCE)
+    assert [e.message_id for e in page] == [message_id]
