@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.envelope import AGENCY_CODE_RE, AgencyAddress, SubtreeAddress
-from gateway.errors import DirectoryError, UnprocessableRequest
+from gateway.errors import DirectoryError, FieldError, UnprocessableRequest
 
 
 class DeliveryMode(enum.StrEnum):
@@ -126,6 +126,12 @@ class Directory:
         except KeyError:
             raise UnprocessableRequest(f"unknown agency {code}") from None
 
+    def _known(self, code: str, pointer: str) -> None:
+        if code not in self.agencies:
+            raise UnprocessableRequest(
+                f"unknown agency {code}", errors=[FieldError(pointer, "not in the directory")]
+            )
+
     def descendants(self, code: str) -> Iterator[Agency]:
         """Every agency below ``code``, depth first, in file order."""
         for child in self.children.get(code, ()):
@@ -153,14 +159,18 @@ class Directory:
     ) -> Resolution:
         """Expand addresses to recipient codes (deduplicated, never the sender itself)."""
         wanted: list[str] = []
-        for address in addresses:
+        for index, address in enumerate(addresses):
+            where = f"/header/to/{index}"
             if isinstance(address, AgencyAddress):
-                self.get(address.agency)
+                self._known(address.agency, f"{where}/agency")
                 wanted.append(address.agency)
                 continue
-            self.get(address.under)
+            self._known(address.under, f"{where}/under")
             if address.level is not None and address.level not in {lv.code for lv in self.levels}:
-                raise UnprocessableRequest(f"unknown level {address.level!r}")
+                raise UnprocessableRequest(
+                    f"unknown level {address.level!r}",
+                    errors=[FieldError(f"{where}/level", "not a level of the directory")],
+                )
             if address.include_self:
                 wanted.append(address.under)
             wanted.extend(
@@ -177,7 +187,10 @@ class Directory:
             if final != sender and final not in recipients:
                 recipients.append(final)
         if not recipients:
-            raise UnprocessableRequest("the addresses resolve to no recipient other than sender")
+            raise UnprocessableRequest(
+                "the addresses resolve to no recipient other than the sender",
+                errors=[FieldError("/header/to", "no recipient")],
+            )
         return Resolution(tuple(recipients), redirects)
 
 

@@ -29,7 +29,11 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class FieldError:
-    """One problem with one place in the input (``pointer`` is an RFC 6901 JSON pointer)."""
+    """One problem with one place in the input.
+
+    ``pointer`` is an RFC 6901 JSON pointer into the body (``/header/sender``), or names another
+    part of the request: ``header:Idempotency-Key``, ``query:limit``, ``path:id``.
+    """
 
     pointer: str
     detail: str

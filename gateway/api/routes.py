@@ -23,7 +23,14 @@ from gateway.errors import (
     Unavailable,
     UnprocessableRequest,
 )
-from gateway.store.store import Accepted, InboxEntry, MessageRow, RecipientRow, utcnow
+from gateway.store.store import (
+    Accepted,
+    IdempotencyKeyReused,
+    InboxEntry,
+    MessageRow,
+    RecipientRow,
+    utcnow,
+)
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -83,15 +90,8 @@ async def post_message(request: web.Request) -> web.Response:
         if found is not None:
             accepted, first_hash = found
             if first_hash != request_hash:
-                raise UnprocessableRequest(
-                    "this Idempotency-Key was used for a different request",
-                    errors=[FieldError("header:Idempotency-Key", "reused with another body")],
-                )
-            return json_response(
-                _accepted_body(accepted), status=202,
-                headers={"Idempotent-Replayed": "true",
-                         "Location": f"/api/v1/messages/{accepted.message_id}"},
-            )
+                raise IdempotencyKeyReused()
+            return _accepted_response(accepted)
     envelope = decode(body)
     header = envelope.header
     if header.sender != agency:
@@ -129,10 +129,14 @@ async def post_message(request: web.Request) -> web.Response:
         except Unavailable as exc:  # stored: the relay publishes it when the broker is back
             log.warning("message.publish_deferred", message_id=accepted.message_id,
                         error=exc.detail)
-    return json_response(
-        _accepted_body(accepted), status=202,
-        headers={"Location": f"/api/v1/messages/{accepted.message_id}"},
-    )
+    return _accepted_response(accepted)
+
+
+def _accepted_response(accepted: Accepted) -> web.Response:
+    headers = {"Location": f"/api/v1/messages/{accepted.message_id}"}
+    if not accepted.created:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(_accepted_body(accepted), status=202, headers=headers)
 
 
 async def _check_status_route(

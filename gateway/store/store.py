@@ -22,7 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, OperationalError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from gateway.errors import Conflict, NotFound, Unavailable
+from gateway.errors import Conflict, FieldError, NotFound, Unavailable, UnprocessableRequest
 from gateway.store import migrate
 from gateway.store.tables import audit_events, credentials, inbox, messages, outbox, recipients
 
@@ -36,6 +36,14 @@ def utcnow() -> datetime:
 def hash_token(token: str) -> str:
     """Tokens are 256-bit random values: a plain SHA-256 is enough (no password stretching)."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+class IdempotencyKeyReused(UnprocessableRequest):
+    def __init__(self) -> None:
+        super().__init__(
+            "this Idempotency-Key was used for a different request",
+            errors=[FieldError("header:Idempotency-Key", "reused with another body")],
+        )
 
 
 class State:
@@ -259,9 +267,11 @@ class Store:
             if idempotency_key is not None:
                 found = await self.find_idempotent(sender, idempotency_key)
                 if found is not None:
+                    if found[1] != request_hash:
+                        raise IdempotencyKeyReused() from None
                     return found[0]
             raise Conflict(f"message {message_id} already exists") from None
-        return Accepted(message_id, tuple(recipients_), now, created=True)
+        return Accepted(message_id, tuple(sorted(recipients_)), now, created=True)
 
     # -- outbox -------------------------------------------------------------------------------
     async def outbox_rows(self, ids: Sequence[int] | None = None, *, older_than: datetime | None
@@ -493,7 +503,9 @@ async def _find_idempotent(
         return None
     agencies = (
         await conn.execute(
-            sa.select(recipients.c.agency).where(recipients.c.message_id == row.id)
+            sa.select(recipients.c.agency)
+            .where(recipients.c.message_id == row.id)
+            .order_by(recipients.c.agency)
         )
     ).scalars().all()
     return Accepted(row.id, tuple(agencies), row.accepted_at, created=False), row.request_hash

@@ -220,8 +220,11 @@ async def test_unknown_recipient_and_unknown_level_are_422(gateway: Gateway) -> 
     unknown = await gateway.send(HUE, document(HUE, [{"agency": "000.99.99.H57"}]))
     assert unknown.status == 422
     assert "000.99.99.H57" in (await unknown.json())["detail"]
-    level = await gateway.send(HUE, document(HUE, [{"under": PROVINCE, "level": "hamlet"}]))
+    assert (await unknown.json())["errors"][0]["pointer"] == "/header/to/0/agency"
+    level = await gateway.send(HUE, document(HUE, [{"agency": PROVINCE},
+                                                   {"under": PROVINCE, "level": "hamlet"}]))
     assert level.status == 422
+    assert (await level.json())["errors"][0]["pointer"] == "/header/to/1/level"
     only_self = await gateway.send(HUE, document(HUE, [{"agency": HUE}]))
     assert only_self.status == 422
     await assert_nothing_stored(gateway)
@@ -309,7 +312,9 @@ async def test_every_transition_is_an_audit_event(gateway: Gateway) -> None:
         events = (await conn.execute(
             sa.select(audit_events.c.event).where(audit_events.c.message_id == message_id)
             .order_by(audit_events.c.id))).scalars().all()
-    assert events == ["accepted", "published", "delivered", "read"]
+    # The worker may record the delivery before the relay records the broker's confirm.
+    assert events[0] == "accepted" and events[-1] == "read"
+    assert sorted(events[1:3]) == ["delivered", "published"] and len(events) == 4
 
 
 async def test_health_endpoints_need_no_token(gateway: Gateway) -> None:

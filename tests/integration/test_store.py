@@ -9,7 +9,7 @@ import pytest
 
 from gateway.errors import Conflict
 from gateway.store import migrate
-from gateway.store.store import Store, hash_token
+from gateway.store.store import IdempotencyKeyReused, Store, hash_token
 from gateway.store.tables import credentials
 from tests.conftest import HUE, PROVINCE
 
@@ -92,3 +92,13 @@ async def test_delivery_is_recorded_once(store: Store) -> None:
     assert (first, again) == (True, False)
     page = await store.inbox_page(PROVINCE)
     assert [e.message_id for e in page] == [message_id]
+
+
+async def test_a_raced_key_with_another_body_is_refused(store: Store) -> None:
+    await _accept(store, "00000000-0000-4000-8000-000000000020", "k")
+    with pytest.raises(IdempotencyKeyReused):
+        await store.accept(
+            message_id="00000000-0000-4000-8000-000000000021", kind="document", sender=HUE,
+            about=None, created_at=datetime.now(UTC), envelope=b"{}", recipients_=[PROVINCE],
+            redirects={}, idempotency_key="k", request_hash="b" * 64,
+        )
