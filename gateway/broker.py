@@ -43,6 +43,7 @@ _BROKER_ERRORS: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
     RuntimeError,  # aio-pika raises it for a channel closed under a publish
 )
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_BROKER_ERRORS, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,7 @@ async def connect(url: str, *, name: str, timeout: float = 10.0) -> AbstractRobu
         return await aio_pika.connect_robust(
             url, timeout=timeout, client_properties={"connection_name": name}
         )
-    except _BROKER_ERRORS + (OSError,) as exc:
+    except _CONNECT_ERRORS as exc:
         raise Unavailable(f"cannot connect to RabbitMQ: {exc.__class__.__name__}: {exc}") from exc
 
 

@@ -104,7 +104,7 @@ def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
     async def go() -> int:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         async with Store.open(settings.store_url, migrate_schema=True) as store:
-            revision = await migrate.current_revision(store._engine)  # noqa: SLF001
+            revision = await migrate.current_revision(store._engine)
         sys.stdout.write(f"database at revision {revision}\n")
         return 0
 

@@ -73,7 +73,7 @@ async def push(
             await response.read()
             status = response.status
             retry_after = response.headers.get("Retry-After")
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise RetryLater(f"push failed: {exc.__class__.__name__}: {exc}") from exc
     if 200 <= status < 300:
         return

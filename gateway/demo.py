@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -72,7 +72,7 @@ class PushReceiver:
 
     async def _mark_read(self, message_id: str) -> None:
         # A clerk opens it a moment later; the gateway may still be recording the delivery.
-        assert self.session is not None  # noqa: S101
+        assert self.session is not None
         for _ in range(50):
             await asyncio.sleep(0.1)
             async with self.session.post(
@@ -106,8 +106,8 @@ async def _site(app: web.Application) -> AsyncIterator[str]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    server = site._server  # noqa: SLF001 - the only way to learn the port aiohttp picked
-    assert server is not None  # noqa: S101
+    server = site._server
+    assert server is not None
     port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
     try:
         yield f"http://127.0.0.1:{port}"
@@ -270,7 +270,7 @@ def _ms(start: str, end: str | None) -> str:
     return f"{delta.total_seconds() * 1000:.0f} ms"
 
 
-def _print_table(rows: list[tuple[str, ...]], directory: Directory) -> None:
+def _print_table(rows: Sequence[tuple[str, ...]], directory: Directory) -> None:
     header = ("message", "from", "to", "mode", "state", "delivered", "read")
     shown = [
         (label, sender, f"{to} {directory.agencies[to].name[:28]}", mode, state, d, r)

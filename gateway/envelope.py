@@ -184,14 +184,14 @@ class StatusBody(_Model):
 
 
 class DocumentEnvelope(_Model):
-    version: Literal["1.0"] = SCHEMA_VERSION
+    version: Literal["1.0"] = "1.0"
     kind: Literal["document"] = "document"
     header: Header
     body: DocumentBody
 
 
 class StatusEnvelope(_Model):
-    version: Literal["1.0"] = SCHEMA_VERSION
+    version: Literal["1.0"] = "1.0"
     kind: Literal["status"] = "status"
     header: Header
     body: StatusBody

@@ -19,14 +19,14 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.exc import IntegrityError, OperationalError, DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.errors import Conflict, FieldError, NotFound, Unavailable, UnprocessableRequest
 from gateway.store import migrate
 from gateway.store.tables import audit_events, credentials, inbox, messages, outbox, recipients
 
-TOKEN_PREFIX = "lt_"
+TOKEN_PREFIX = "lt_"  # noqa: S105 - a prefix that makes leaked tokens recognisable
 
 
 def utcnow() -> datetime:

@@ -7,7 +7,6 @@ import io
 import uuid
 
 import orjson
-
 import sqlalchemy as sa
 
 from gateway.store.tables import audit_events, inbox, messages, outbox, recipients
