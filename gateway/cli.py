@@ -21,7 +21,7 @@ SCHEMA_PATH = REPO_ROOT / "schemas" / "envelope.schema.json"
 
 
 def _agency(text: str) -> str:
-    if not AGENCY_CODE_RE.match(text):
+    if not AGENCY_CODE_RE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not an agency code like 000.00.00.H57")
     return text
 

@@ -233,7 +233,7 @@ def _parse_agency(
         raise DirectoryError(f"agencies[{index}]: must be a mapping")
     code = raw.get("code")
     where = f"agencies[{index}] {code}"
-    if not isinstance(code, str) or not AGENCY_CODE_RE.match(code):
+    if not isinstance(code, str) or not AGENCY_CODE_RE.fullmatch(code):
         raise DirectoryError(f"{where}: malformed agency code (expected e.g. 000.00.00.H57)")
     unknown = set(raw) - _AGENCY_KEYS
     if unknown:
@@ -247,7 +247,8 @@ def _parse_agency(
     parent = raw.get("parent")
     successor = raw.get("successor")
     for key, value in (("parent", parent), ("successor", successor)):
-        if value is not None and (not isinstance(value, str) or not AGENCY_CODE_RE.match(value)):
+        malformed = not isinstance(value, str) or not AGENCY_CODE_RE.fullmatch(value)
+        if value is not None and malformed:
             raise DirectoryError(f"{where}: malformed {key} code {value!r}")
     if parent == code:
         raise DirectoryError(f"{where}: an agency cannot be its own parent")

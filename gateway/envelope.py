@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import re
 import uuid
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PlainSerializer,
     StringConstraints,
     Tag,
     TypeAdapter,
@@ -33,6 +34,14 @@ SCHEMA_VERSION = "1.0"
 #: Thiên Huế), ``000.00.12.H57`` (a unit under it), ``000.21.35.H57`` (a unit under that).
 AGENCY_CODE_RE = re.compile(r"^\d{3}\.\d{2}\.\d{2}\.[A-Z]\d{2}$")
 AgencyCode = Annotated[str, StringConstraints(pattern=AGENCY_CODE_RE.pattern)]
+
+def _utc_text(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+#: An aware instant; the canonical JSON writes it in UTC (``...Z``), so equal instants written
+#: with different offsets encode to the same bytes.
+Instant = Annotated[AwareDatetime, PlainSerializer(_utc_text, when_used="json")]
 
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 LongText = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
@@ -85,6 +94,9 @@ class SubtreeAddress(_Model):
     include_self: bool = False
 
 
+ADDRESS_TAGS = frozenset({"agency", "subtree"})
+
+
 def _address_tag(value: Any) -> str:
     if isinstance(value, dict):
         return "subtree" if "under" in value else "agency"
@@ -100,7 +112,7 @@ Address = Annotated[
 class TraceEntry(_Model):
     """One hop or event the gateway recorded on the way (also kept in the audit trail)."""
 
-    at: AwareDatetime
+    at: Instant
     event: ShortText
     agency: AgencyCode | None = None
     detail: LongText | None = None
@@ -110,9 +122,9 @@ class Header(_Model):
     id: uuid.UUID | None = Field(default=None, description="Assigned by the gateway if absent")
     sender: AgencyCode
     to: list[Address] = Field(min_length=1, max_length=200)
-    created: AwareDatetime | None = Field(default=None, description="Set by the gateway if absent")
+    created: Instant | None = Field(default=None, description="Set by the gateway if absent")
     priority: Priority = Priority.NORMAL
-    due: AwareDatetime | None = None
+    due: Instant | None = None
     references: list[uuid.UUID] = Field(default_factory=list, max_length=50)
     trace: list[TraceEntry] = Field(default_factory=list, max_length=200)
 
@@ -172,7 +184,7 @@ class StatusBody(_Model):
 
     about: uuid.UUID
     code: StatusCode
-    at: AwareDatetime
+    at: Instant
     by: ShortText | None = Field(default=None, description="The person who acted (cán bộ)")
     comment: LongText | None = None
 
@@ -185,14 +197,14 @@ class StatusBody(_Model):
 
 class DocumentEnvelope(_Model):
     version: Literal["1.0"] = "1.0"
-    kind: Literal["document"] = "document"
+    kind: Literal["document"]
     header: Header
     body: DocumentBody
 
 
 class StatusEnvelope(_Model):
     version: Literal["1.0"] = "1.0"
-    kind: Literal["status"] = "status"
+    kind: Literal["status"]
     header: Header
     body: StatusBody
 

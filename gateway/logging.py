@@ -26,23 +26,36 @@ _SECRET_KEY = re.compile(
 )
 # Values that look like a secret wherever they appear: bearer tokens, our own token format,
 # and the userinfo of a URL (amqp://user:password@host).
-_SECRET_VALUE = re.compile(r"(Bearer\s+\S+|lt_[A-Za-z0-9_-]{20,}|(?<=://)[^/\s:@]+:[^/\s@]+@)")
+_SECRET_VALUE = re.compile(
+    r"((?i:bearer)\s+\S+|lt_[A-Za-z0-9_-]{20,}|(?<=://)[^/\s:@]+:[^/\s@]+@)"
+)
 
 
 def _scrub(value: str) -> str:
     return _SECRET_VALUE.sub(REDACTED, value)
 
 
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return _scrub(value)
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else _clean(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
 def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
-    """Drop secrets and personal data from an event dict (keys by name, values by shape)."""
+    """Drop secrets and personal data from an event dict (keys by name, values by shape),
+    at any depth of dicts and lists."""
     for key in list(event_dict):
-        value = event_dict[key]
         if _SECRET_KEY.search(key):
             event_dict[key] = REDACTED
-        elif isinstance(value, str):
-            event_dict[key] = _scrub(value)
-        elif isinstance(value, dict):
-            event_dict[key] = redact(_logger, _method, dict(value))
+        else:
+            event_dict[key] = _clean(event_dict[key])
     return event_dict
 
 

@@ -56,11 +56,6 @@ class OutboxRelay:
             )
         return len(confirmed)
 
-    async def publish_message(self, message_id: str) -> bool:
-        """The fast path after a commit: True when every row of the message was confirmed."""
-        rows = await self.store.outbox_for(message_id)
-        return await self.publish(rows) == len(rows)
-
     async def sweep(self) -> int:
         """Publish every row older than the grace period (one pass)."""
         rows = await self.store.outbox_rows(

@@ -63,14 +63,21 @@ def _port(text: str) -> int:
     return value
 
 
+def _scheme(text: str) -> str:
+    try:
+        return urlsplit(text).scheme
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise ValueError(f"not a URL: {exc}") from None
+
+
 def _amqp_url(text: str) -> str:
-    if urlsplit(text).scheme not in {"amqp", "amqps"}:
+    if _scheme(text) not in {"amqp", "amqps"}:
         raise ValueError("must be an amqp:// or amqps:// URL")
     return text
 
 
 def _db_url(text: str) -> str:
-    scheme = urlsplit(text).scheme
+    scheme = _scheme(text)
     if scheme not in {"sqlite+aiosqlite", "postgresql+asyncpg"}:
         raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
     return text
@@ -151,12 +158,16 @@ class Settings:
 
 
 def _shown(name: str, raw: str) -> str:
-    """A value fit for an error line: URLs lose their password."""
-    if "URL" in name:
-        parts = urlsplit(raw)
-        if parts.password:
-            return raw.replace(f":{parts.password}@", ":***@")
-    return repr(raw)
+    """A value fit for an error line: the password hidden, even in a URL too broken to parse
+    (without ``://`` the whole part before ``@`` is hidden: it may be ``user:password``)."""
+    if "URL" not in name or "@" not in raw:
+        return repr(raw)
+    userinfo, host = raw.rsplit("@", 1)
+    scheme, sep, user = userinfo.partition("://")
+    if not sep:
+        return repr(f"***@{host}")
+    user = user.split(":", 1)[0] + ":***" if ":" in user else user
+    return repr(f"{scheme}://{user}@{host}")
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {

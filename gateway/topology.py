@@ -12,9 +12,11 @@ Shape (``ns`` is the namespace, ``lienthong`` by default)::
                (the original routing key shard.K is kept, so it returns to its own shard)
     give up -> ns.dead (fanout) -> ns.dead   (the dead-letter queue operators look at)
 
-Every quorum queue dead-letters at-least-once (``x-dead-letter-strategy: at-least-once`` with
-``x-overflow: reject-publish``), has an explicit ``x-delivery-limit`` and a dead-letter target,
-so neither a TTL nor the delivery limit can drop a message.
+Every quorum queue that is consumed dead-letters at-least-once (``x-dead-letter-strategy:
+at-least-once`` with ``x-overflow: reject-publish``), has an explicit ``x-delivery-limit`` and a
+dead-letter target, so neither a TTL nor the delivery limit can drop a message. The one
+exception is ``ns.parking``, the DLQ's own overflow: nobody consumes it, so no delivery is ever
+counted against a limit there.
 """
 
 from __future__ import annotations

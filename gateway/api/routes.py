@@ -125,7 +125,7 @@ async def post_message(request: web.Request) -> web.Response:
              recipients=len(accepted.recipients), kind=stamped.kind)
     if accepted.created and BROKER in request.app:
         try:
-            await request.app[RELAY].publish_message(accepted.message_id)
+            await request.app[RELAY].publish(accepted.outbox)
         except Unavailable as exc:  # stored: the relay publishes it when the broker is back
             log.warning("message.publish_deferred", message_id=accepted.message_id,
                         error=exc.detail)

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pydantic
 
-from gateway.envelope import ENVELOPE, AnyEnvelope
+from gateway.envelope import ADDRESS_TAGS, ENVELOPE, AnyEnvelope
 from gateway.errors import FieldError, MalformedInput, SchemaViolation
 
 _MAX_ERRORS = 20
@@ -57,14 +57,26 @@ def _field_error(obj: Any, err: Any) -> FieldError:
     if err["type"] in {"union_tag_invalid", "union_tag_not_found"}:
         # The discriminator itself is wrong: point at it, not at its parent.
         loc.append(str(err.get("ctx", {}).get("discriminator", "")).strip("'"))
-    return FieldError(pointer_for(obj, loc), err["msg"])
+    return FieldError(pointer_for(obj, _without_tags(obj, loc)), err["msg"])
+
+
+def _without_tags(obj: Any, loc: list[int | str]) -> list[int | str]:
+    """Drop the union tags pydantic puts into locations: the envelope's kind (first) and an
+    address's tag (after ``header/to/N``). They may equal real keys ("agency"), so they are
+    removed by position, not by name."""
+    if loc and isinstance(obj, dict) and loc[0] == obj.get("kind") and len(loc) > 1:
+        loc = loc[1:]
+    if len(loc) >= 4 and loc[0] == "header" and loc[1] == "to" and isinstance(loc[2], int):
+        if loc[3] in ADDRESS_TAGS:
+            loc = loc[:3] + loc[4:]
+    return loc
 
 
 def pointer_for(obj: Any, loc: Sequence[int | str]) -> str:
     """An RFC 6901 pointer into the *input* for a pydantic error location.
 
-    Pydantic puts union tags ("document", "agency") into locations; they are not in the input,
-    so only the parts that walk the input (and a final missing key) make the pointer.
+    Only the parts that walk the input (and a final missing key) make the pointer; union tags
+    must already be removed (:func:`_without_tags`).
     """
     parts: list[str] = []
     node: Any = obj

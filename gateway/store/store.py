@@ -54,11 +54,21 @@ class State:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    message_id: str
+    sender: str
+    recipient: str
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Accepted:
     message_id: str
     recipients: tuple[str, ...]
     accepted_at: datetime
     created: bool  # False: an earlier request with the same Idempotency-Key
+    outbox: tuple[OutboxRow, ...] = ()  # the rows to publish (only when created)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +100,6 @@ class InboxEntry:
     message_id: str
     received_at: datetime
     acked_at: datetime | None
-    envelope: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    id: int
-    message_id: str
-    sender: str
-    recipient: str
     envelope: bytes
 
 
@@ -249,13 +250,19 @@ class Store:
                         for agency in recipients_
                     ],
                 )
-                await conn.execute(
-                    outbox.insert(),
+                # RETURNING hands the relay its rows without reading them back.
+                inserted = await conn.execute(
+                    outbox.insert().returning(outbox.c.id, outbox.c.recipient,
+                                              sort_by_parameter_order=True),
                     [
                         {"message_id": message_id, "recipient": agency, "created_at": now,
                          "publish_attempts": 0}
                         for agency in recipients_
                     ],
+                )
+                rows = tuple(
+                    OutboxRow(r.id, message_id, sender, r.recipient, envelope)
+                    for r in inserted.all()
                 )
                 await _audit(
                     conn, "accepted", message_id=message_id, agency=sender, actor=sender,
@@ -271,7 +278,7 @@ class Store:
                         raise IdempotencyKeyReused() from None
                     return found[0]
             raise Conflict(f"message {message_id} already exists") from None
-        return Accepted(message_id, tuple(sorted(recipients_)), now, created=True)
+        return Accepted(message_id, tuple(sorted(recipients_)), now, created=True, outbox=rows)
 
     # -- outbox -------------------------------------------------------------------------------
     async def outbox_rows(self, ids: Sequence[int] | None = None, *, older_than: datetime | None
@@ -297,17 +304,6 @@ class Store:
             OutboxRow(r.id, r.message_id, r.sender, r.recipient, r.envelope.encode())
             for r in rows
         ]
-
-    async def outbox_for(self, message_id: str) -> list[OutboxRow]:
-        async with self.read() as conn:
-            ids = (
-                await conn.execute(
-                    sa.select(outbox.c.id).where(
-                        outbox.c.message_id == message_id, outbox.c.published_at.is_(None)
-                    )
-                )
-            ).scalars().all()
-        return await self.outbox_rows(list(ids)) if ids else []
 
     async def mark_published(self, rows: Sequence[OutboxRow]) -> None:
         if not rows:

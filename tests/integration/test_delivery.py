@@ -230,6 +230,7 @@ async def test_relay_leaves_rows_unpublished_when_the_broker_refuses(gateway: Ga
         envelope=(await gateway.store.message(message_id)).envelope,
         recipients_=[PROVINCE], redirects={}, idempotency_key=None, request_hash="0" * 64,
     )
-    assert await broken.publish_message(api_only_id.message_id) is False
+    assert len(api_only_id.outbox) == 1
+    assert await broken.publish(api_only_id.outbox) == 0
     rows = await gateway.store.outbox_rows(older_than=None)
     assert [r.message_id for r in rows] == [api_only_id.message_id]
