@@ -73,12 +73,17 @@ async def _take_one(settings: Any, recipient: str) -> tuple[aio_pika.abc.Abstrac
     connection = await aio_pika.connect_robust(settings.amqp_url)
     channel = await connection.channel()
     queue = await channel.get_queue(topology.shard_queue(topology.shard_of(recipient)))
+    return connection, await _next(queue)
+
+
+async def _next(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage:
+    """The next message of a queue, unacked, waiting up to 5 s for one."""
     for _ in range(100):
         message = await queue.get(no_ack=False, fail=False)
         if message is not None:
-            return connection, message
+            return message
         await asyncio.sleep(0.05)
-    raise AssertionError("no message arrived on the shard queue")
+    raise AssertionError(f"no message arrived on {queue.name}")
 
 
 async def test_nack_with_requeue_after_the_effect_is_absorbed(
@@ -171,13 +176,7 @@ async def test_retries_exhausted_go_to_the_dead_letter_queue(gateway: Gateway) -
 async def _dead_letter(gw: Gateway) -> aio_pika.abc.AbstractIncomingMessage:
     broker = gw.client.app[BROKER]
     channel = await broker.connection.channel()
-    queue = await channel.get_queue(broker.topology.dead_queue)
-    for _ in range(100):
-        message = await queue.get(no_ack=False, fail=False)
-        if message is not None:
-            return message
-        await asyncio.sleep(0.05)
-    raise AssertionError("nothing in the dead-letter queue")
+    return await _next(await channel.get_queue(broker.topology.dead_queue))
 
 
 async def test_relay_publishes_what_was_committed_but_never_confirmed(
