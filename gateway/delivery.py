@@ -169,26 +169,31 @@ class DeliveryWorker:
     ) -> None:
         headers = message.headers or {}
         try:
-            state = await self.store.recipient_state(message_id, recipient)
-            if state is None:
+            agency = self.directory.agencies.get(recipient)
+            if agency is None:
+                raise PermanentFailure(f"recipient {recipient} is not in the directory")
+            push_to = agency.endpoint if agency.mode is DeliveryMode.PUSH else None
+            # A pull delivery is one conditional, idempotent write: no need to read first. A
+            # push must not be repeated for what was delivered already, so it reads first.
+            state = await self.store.recipient_state(message_id, recipient) if push_to else None
+            if push_to and state is None:
                 raise PermanentFailure("no such message and recipient in the store")
-            if state != State.PENDING:
+            if state not in (None, State.PENDING):
                 self.duplicates_absorbed += 1
                 bound.info("delivery.duplicate_absorbed", state=state)
                 await message.ack()
                 return
-            agency = self.directory.agencies.get(recipient)
-            if agency is None:
-                raise PermanentFailure(f"recipient {recipient} is not in the directory")
-            if agency.mode is DeliveryMode.PUSH and agency.endpoint:
+            if push_to:
                 sender = str(headers.get(H_SENDER, ""))
                 await push(
-                    self.http, agency.endpoint, message.body, message_id=message_id,
+                    self.http, push_to, message.body, message_id=message_id,
                     sender=sender, attempt=attempt, timeout=self.settings.push_timeout,
                 )
             fresh = await self.store.record_delivery(
                 message_id, recipient, mode=agency.mode.value, attempt=attempt
             )
+            if fresh is None:
+                raise PermanentFailure("no such message and recipient in the store")
             if not fresh:
                 self.duplicates_absorbed += 1
             bound.info("delivery.delivered", mode=agency.mode.value, fresh=fresh)
