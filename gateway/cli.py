@@ -111,6 +111,24 @@ def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
     return _run(go())
 
 
+def cmd_audit_verify(settings: Settings, _args: argparse.Namespace) -> int:
+    from gateway.store.store import Store
+
+    async def go() -> int:
+        async with Store.open(settings.store_url) as store:
+            checked, broken = await store.verify_audit()
+        if broken is not None:
+            sys.stderr.write(
+                f"lienthong: audit chain broken at event {broken.event_id} ({broken.event}): "
+                f"{broken.reason}; {checked} events read\n"
+            )
+            return 1
+        sys.stdout.write(f"audit chain intact: {checked} events\n")
+        return 0
+
+    return _run(go())
+
+
 def cmd_directory_check(settings: Settings, args: argparse.Namespace) -> int:
     path = Path(args.path) if args.path else settings.directory_path
     directory = load_directory(path, allow_insecure_push=settings.allow_insecure_push)
@@ -167,6 +185,11 @@ def parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="the store")
     db_sub = db.add_subparsers(dest="action", required=True, metavar="ACTION")
     add("upgrade", cmd_db_upgrade, "apply the Alembic migrations", db_sub)
+
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add("verify", cmd_audit_verify, "check the audit hash chain; name the first broken event",
+        audit_sub)
 
     directory = sub.add_parser("directory", help="the agency directory")
     directory_sub = directory.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -184,14 +184,31 @@ def _message_view(row: MessageRow, agency: str) -> dict[str, Any]:
     }
 
 
-@routes.get("/api/v1/messages/{id}")
-async def get_message(request: web.Request) -> web.Response:
-    """The message and its per-recipient state, for its sender (all) or a recipient (its own)."""
+async def _visible_message(request: web.Request) -> tuple[str, MessageRow]:
+    """The message of the path, if the caller is its sender or one of its recipients."""
     agency: str = request[AGENCY]
     row = await request.app[STORE].message(_message_id(request))
     if agency != row.sender and agency not in {r.agency for r in row.recipients}:
         raise Forbidden(f"agency {agency} is neither the sender nor a recipient of {row.id}")
+    return agency, row
+
+
+@routes.get("/api/v1/messages/{id}")
+async def get_message(request: web.Request) -> web.Response:
+    """The message and its per-recipient state, for its sender (all) or a recipient (its own)."""
+    agency, row = await _visible_message(request)
     return json_response(_message_view(row, agency))
+
+
+@routes.get("/api/v1/messages/{id}/trace")
+async def get_trace(request: web.Request) -> web.Response:
+    """The message's timeline from the audit trail: its sender sees every event, a recipient
+    the acceptance and the events about itself."""
+    agency, row = await _visible_message(request)
+    events = await request.app[STORE].events(row.id)
+    if agency != row.sender:
+        events = [e for e in events if e["event"] == "accepted" or e["agency"] == agency]
+    return json_response({"message_id": row.id, "sender": row.sender, "events": events})
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:

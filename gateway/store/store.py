@@ -22,9 +22,18 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gateway.audit import GENESIS, AuditEvent, Break, detail_text, event_hash, verify
 from gateway.errors import Conflict, FieldError, NotFound, Unavailable, UnprocessableRequest
 from gateway.store import migrate
-from gateway.store.tables import audit_events, credentials, inbox, messages, outbox, recipients
+from gateway.store.tables import (
+    audit_events,
+    audit_head,
+    credentials,
+    inbox,
+    messages,
+    outbox,
+    recipients,
+)
 
 TOKEN_PREFIX = "lt_"  # noqa: S105 - a prefix that makes leaked tokens recognisable
 
@@ -315,8 +324,9 @@ class Store:
                 .where(outbox.c.id.in_([r.id for r in rows]), outbox.c.published_at.is_(None))
                 .values(published_at=now)
             )
-            for row in rows:
-                await _audit(conn, "published", message_id=row.message_id, agency=row.recipient)
+            await _audit_many(
+                conn, [_Event("published", row.message_id, row.recipient) for row in rows]
+            )
 
     async def note_publish_failure(self, rows: Sequence[OutboxRow]) -> None:
         async with self.write() as conn:
@@ -484,6 +494,40 @@ class Store:
             for r in rows
         ]
 
+    async def verify_audit(self, batch: int = 5000) -> tuple[int, Break | None]:
+        """Walk the whole hash chain in id order; (events checked, first break or None).
+        The head row must name the last event, so deleting the newest events shows too."""
+        checked, after, previous = 0, 0, GENESIS
+        async with self.read() as conn:
+            while True:
+                rows = (
+                    await conn.execute(
+                        sa.select(audit_events)
+                        .where(audit_events.c.id > after)
+                        .order_by(audit_events.c.id)
+                        .limit(batch)
+                    )
+                ).all()
+                if not rows:
+                    break
+                chunk = [
+                    AuditEvent(r.id, r.at, r.event, r.message_id, r.agency, r.actor, r.detail,
+                               r.prev_hash or "", r.hash or "")
+                    for r in rows
+                ]
+                count, broken = verify(chunk, start=previous)
+                checked += count
+                if broken is not None:
+                    return checked, broken
+                previous, after = chunk[-1].hash, chunk[-1].id
+            head = (await conn.execute(sa.select(audit_head))).one()
+        if head.last_hash != previous:
+            return checked, Break(
+                head.last_id, "?", f"events after {after} were deleted (the head names "
+                                   f"event {head.last_id})"
+            )
+        return checked, None
+
     async def counts(self) -> dict[str, int]:
         """Recipient rows per delivery state (for the demo summary and the benchmark)."""
         async with self.read() as conn:
@@ -517,6 +561,15 @@ async def _find_idempotent(
     return Accepted(row.id, tuple(agencies), row.accepted_at, created=False), row.request_hash
 
 
+@dataclass(frozen=True, slots=True)
+class _Event:
+    event: str
+    message_id: str | None = None
+    agency: str | None = None
+    actor: str | None = None
+    detail: dict[str, Any] | None = None
+
+
 async def _audit(
     conn: AsyncConnection,
     event_name: str,
@@ -526,11 +579,39 @@ async def _audit(
     actor: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    await conn.execute(
-        audit_events.insert().values(
-            at=utcnow(), event=event_name, message_id=message_id, agency=agency, actor=actor,
-            detail=orjson.dumps(detail).decode() if detail else None,
+    await _audit_many(conn, [_Event(event_name, message_id, agency, actor, detail)])
+
+
+async def _audit_many(conn: AsyncConnection, events: Sequence[_Event]) -> None:
+    """Append events to the hash chain, in the caller's transaction (so an event exists exactly
+    when what it records happened; if it cannot be written, nothing is).
+
+    The head row is locked first: on PostgreSQL chain writers queue on it until commit; SQLite
+    serialises writers anyway. Ids are taken from the head under that lock, not from a
+    sequence, so they follow the chain order."""
+    head = (
+        await conn.execute(sa.select(audit_head).where(audit_head.c.id == 1).with_for_update())
+    ).one()
+    previous, next_id = head.last_hash, head.last_id + 1
+    rows: list[dict[str, Any]] = []
+    for ev in events:
+        at = utcnow()
+        text = detail_text(ev.detail)
+        digest = event_hash(
+            previous, id=next_id, at=at, event=ev.event, message_id=ev.message_id,
+            agency=ev.agency, actor=ev.actor, detail=text,
         )
+        rows.append({
+            "id": next_id, "at": at, "event": ev.event, "message_id": ev.message_id,
+            "agency": ev.agency, "actor": ev.actor, "detail": text, "prev_hash": previous,
+            "hash": digest,
+        })
+        previous, next_id = digest, next_id + 1
+    await conn.execute(audit_events.insert(), rows)
+    await conn.execute(
+        audit_head.update()
+        .where(audit_head.c.id == 1)
+        .values(last_id=next_id - 1, last_hash=previous)
     )
 
 

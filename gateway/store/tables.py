@@ -139,4 +139,17 @@ audit_events = Table(
     Column("agency", AgencyCode, nullable=True),
     Column("actor", String(64), nullable=True),
     Column("detail", Text, nullable=True),  # JSON
+    # The hash chain (gateway.audit): nullable only for rows written before migration 0002.
+    Column("prev_hash", String(64), nullable=True),
+    Column("hash", String(64), nullable=True),
+)
+
+#: One row, the chain's head: appending locks it, so the chain has one writer at a time on
+#: every database (SQLite's write lock; PostgreSQL's row lock).
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("last_id", SerialId, nullable=False),
+    Column("last_hash", String(64), nullable=False),
 )

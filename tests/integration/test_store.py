@@ -6,11 +6,12 @@ import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.errors import Conflict
 from gateway.store import migrate
 from gateway.store.store import IdempotencyKeyReused, Store, hash_token
-from gateway.store.tables import credentials
+from gateway.store.tables import audit_events, credentials
 from tests.conftest import HUE, PROVINCE
 
 
@@ -21,7 +22,8 @@ async def store(db_url: str) -> Store:
 
 
 async def test_migrations_match_the_tables_in_code(store: Store) -> None:
-    assert await migrate.current_revision(store._engine) == "0001"
+    assert migrate.head_revision() == "0002"
+    assert await migrate.current_revision(store._engine) == migrate.head_revision()
     assert await migrate.drift(store._engine) == []
 
 
@@ -29,7 +31,23 @@ async def test_migrating_twice_is_harmless(db_url: str) -> None:
     async with Store.open(db_url):
         pass
     async with Store.open(db_url) as store:
-        assert await migrate.current_revision(store._engine) == "0001"
+        assert await migrate.current_revision(store._engine) == migrate.head_revision()
+
+
+async def test_upgrade_chains_the_events_written_before_the_chain(db_url: str) -> None:
+    engine = create_async_engine(db_url)
+    try:
+        await migrate.upgrade(engine, "0001")
+        async with engine.begin() as conn:
+            await conn.execute(audit_events.insert(), [
+                {"at": datetime.now(UTC), "event": "accepted", "message_id": "m1", "agency": HUE},
+                {"at": datetime.now(UTC), "event": "read", "message_id": "m1", "agency": PROVINCE},
+            ])
+    finally:
+        await engine.dispose()
+    async with Store.open(db_url) as store:  # upgrades to head: 0002 backfills the chain
+        await store.issue_credential(HUE)  # and new events follow on
+        assert await store.verify_audit() == (3, None)
 
 
 async def test_only_the_token_hash_is_stored(store: Store) -> None:
