@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import logging as gw_logging
 from gateway import topology as topo
 from gateway.directory import load_directory
 from gateway.envelope import AGENCY_CODE_RE, json_schema
 from gateway.errors import GatewayError
-from gateway.settings import REPO_ROOT, Settings
+from gateway.settings import REPO_ROOT, Settings, parse_duration
+
+if TYPE_CHECKING:
+    from gateway.store.store import DeadLetterFilter
 
 SCHEMA_PATH = REPO_ROOT / "schemas" / "envelope.schema.json"
 
@@ -24,6 +28,17 @@ def _agency(text: str) -> str:
     if not AGENCY_CODE_RE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not an agency code like 000.00.00.H57")
     return text
+
+
+class UsageError(GatewayError):
+    """A command line that names no valid target."""
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _write(path: str | None, text: str) -> None:
@@ -54,16 +69,25 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_credentials_issue(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.store.store import Store
 
-    directory = load_directory(settings.directory_path,
-                               allow_insecure_push=settings.allow_insecure_push)
-    agency = directory.get(args.code)
+    label = args.label
+    if args.operator:
+        who = f"operator {args.operator}"
+    else:
+        if args.code is None:
+            raise UsageError("give an agency CODE, or --operator NAME")
+        directory = load_directory(settings.directory_path,
+                                   allow_insecure_push=settings.allow_insecure_push)
+        agency = directory.get(args.code)
+        who = f"{agency.code} ({agency.name})"
 
     async def go() -> int:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         async with Store.open(settings.store_url) as store:
-            cred_id, token = await store.issue_credential(agency.code, args.label)
-        sys.stderr.write(f"credential {cred_id} for {agency.code} ({agency.name}); "
-                         "the token is shown once:\n")
+            if args.operator:
+                cred_id, token = await store.issue_operator_credential(args.operator)
+            else:
+                cred_id, token = await store.issue_credential(args.code, label)
+        sys.stderr.write(f"credential {cred_id} for {who}; the token is shown once:\n")
         sys.stdout.write(token + "\n")
         return 0
 
@@ -73,17 +97,98 @@ def cmd_credentials_issue(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_credentials_revoke(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.store.store import Store
 
+    if (args.code is None) == (args.operator is None):
+        raise UsageError("give an agency CODE or --operator NAME")
+
     async def go() -> int:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         async with Store.open(settings.store_url) as store:
-            count = await store.revoke_credentials(args.code, args.credential)
+            if args.operator:
+                count = await store.revoke_operator_credentials(args.operator)
+            else:
+                count = await store.revoke_credentials(args.code, args.credential)
+        whose = args.code or f"operator {args.operator}"
         if count == 0:
-            sys.stderr.write(f"lienthong: no active credential of {args.code} to revoke\n")
+            sys.stderr.write(f"lienthong: no active credential of {whose} to revoke\n")
             return 1
-        sys.stdout.write(f"revoked {count} credential(s) of {args.code}\n")
+        sys.stdout.write(f"revoked {count} credential(s) of {whose}\n")
         return 0
 
     return _run(go())
+
+
+def _dead_filter(args: argparse.Namespace) -> DeadLetterFilter:
+    from datetime import timedelta
+
+    from gateway.store.store import DeadLetterFilter, utcnow
+
+    older = utcnow() - timedelta(seconds=args.older_than) if args.older_than else None
+    return DeadLetterFilter(ids=args.ids or None, agency=args.agency, reason=args.reason,
+                            older_than=older)
+
+
+def cmd_dlq_ls(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.store.store import Store
+
+    async def go() -> int:
+        async with Store.open(settings.store_url) as store:
+            rows = await store.dead_letters(_dead_filter(args), limit=args.limit)
+        sys.stdout.write(f"{'id':>6}  {'dead at (UTC)':19}  {'recipient':13}  {'reason':14}  "
+                         f"{'tries':>5}  message / error\n")
+        for d in rows:
+            sys.stdout.write(
+                f"{d.id:>6}  {d.dead_at:%Y-%m-%d %H:%M:%S}  {d.recipient:13}  {d.reason:14}  "
+                f"{d.attempts:>5}  {d.message_id}  {(d.error or '')[:60]}\n"
+            )
+        sys.stderr.write(f"{len(rows)} dead letter(s)\n")
+        return 0
+
+    return _run(go())
+
+
+def cmd_dlq_show(settings: Settings, args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from gateway.store.store import Store
+
+    async def go() -> int:
+        async with Store.open(settings.store_url) as store:
+            dead = await store.dead_letter(args.id)
+        for key, value in dataclasses.asdict(dead).items():
+            sys.stdout.write(f"{key:17} {'' if value is None else value}\n")
+        return 0
+
+    return _run(go())
+
+
+def _dlq_action(settings: Settings, args: argparse.Namespace, action: str) -> int:
+    from gateway.store.store import Store
+
+    where = _dead_filter(args)
+    if not (where.ids or where.agency or where.reason or where.older_than or args.all):
+        raise UsageError("choose dead letters: IDs, --agency, --reason, --older-than or --all")
+    by = args.by or getpass.getuser()
+
+    async def go() -> int:
+        async with Store.open(settings.store_url) as store:
+            if action == "replay":
+                count = len(await store.replay_dead_letters(where, by=by, comment=args.comment))
+            else:
+                count = len(await store.discard_dead_letters(where, by=by, comment=args.comment))
+        done = "replayed (the running gateway's relay publishes them)" if action == "replay" \
+            else "discarded"
+        sys.stdout.write(f"{count} dead letter(s) {done}\n")
+        return 0 if count else 1
+
+    return _run(go())
+
+
+def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    return _dlq_action(settings, args, "replay")
+
+
+def cmd_dlq_discard(settings: Settings, args: argparse.Namespace) -> int:
+    return _dlq_action(settings, args, "discard")
 
 
 def cmd_topology_export(settings: Settings, args: argparse.Namespace) -> int:
@@ -162,13 +267,43 @@ def parser() -> argparse.ArgumentParser:
 
     creds = sub.add_parser("credentials", help="issue or revoke an agency's bearer tokens")
     creds_sub = creds.add_subparsers(dest="action", required=True, metavar="ACTION")
-    issue = add("issue", cmd_credentials_issue, "print a new bearer token for an agency",
-                creds_sub)
-    issue.add_argument("code", type=_agency, help="agency code, e.g. 000.00.00.H57")
+    issue = add("issue", cmd_credentials_issue,
+                "print a new bearer token for an agency (or an operator)", creds_sub)
+    issue.add_argument("code", type=_agency, nargs="?", help="agency code, e.g. 000.00.00.H57")
+    issue.add_argument("--operator", metavar="NAME", help="a token for the operator API instead")
     issue.add_argument("--label", help="what the token is for (kept with its hash)")
-    revoke = add("revoke", cmd_credentials_revoke, "end an agency's tokens", creds_sub)
-    revoke.add_argument("code", type=_agency)
+    revoke = add("revoke", cmd_credentials_revoke, "end an agency's (or operator's) tokens",
+                 creds_sub)
+    revoke.add_argument("code", type=_agency, nargs="?")
+    revoke.add_argument("--operator", metavar="NAME")
     revoke.add_argument("--credential", help="only this credential id (default: all)")
+
+    dlq = sub.add_parser("dlq", help="dead letters: list, show, replay, discard")
+    dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def filters(sp: argparse.ArgumentParser, ids: bool) -> None:
+        if ids:
+            sp.add_argument("ids", nargs="*", type=int, metavar="ID", help="dead letter ids")
+        sp.add_argument("--agency", type=_agency, help="only those for this recipient")
+        sp.add_argument("--reason", help="permanent, max_attempts, max_age, delivery_limit...")
+        sp.add_argument("--older-than", type=_duration, metavar="AGE",
+                        help="only those dead for longer than AGE (e.g. 2h)")
+
+    ls = add("ls", cmd_dlq_ls, "list open dead letters", dlq_sub)
+    filters(ls, ids=False)
+    ls.set_defaults(ids=None)
+    ls.add_argument("--limit", type=int, default=100)
+    show = add("show", cmd_dlq_show, "show one dead letter", dlq_sub)
+    show.add_argument("id", type=int)
+    for name, func, help_ in (
+        ("replay", cmd_dlq_replay, "send dead letters again (same message ids)"),
+        ("discard", cmd_dlq_discard, "give dead letters up, with a comment"),
+    ):
+        sp = add(name, func, help_, dlq_sub)
+        filters(sp, ids=True)
+        sp.add_argument("--all", action="store_true", help="every open dead letter")
+        sp.add_argument("--comment", required=True, help="why (kept in the audit trail)")
+        sp.add_argument("--by", help="who (default: your user name)")
 
     topology = sub.add_parser("topology", help="the RabbitMQ topology")
     topology_sub = topology.add_subparsers(dest="action", required=True, metavar="ACTION")

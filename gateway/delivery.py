@@ -13,24 +13,78 @@ For each AMQP delivery (one message for one recipient):
 
 A push endpoint may see a repeat (a crash between its 2xx and our commit); it always carries the
 same ``X-Lienthong-Message-Id``, so the endpoint can deduplicate.
+
+When a retry happens
+--------------------
+A failed attempt n goes to the delay tier of its attempt (``LIENTHONG_RETRY_DELAYS``, the last
+tier repeats). When the failure carries a delay (the endpoint's ``Retry-After``, seconds or an
+HTTP date), the retry goes to the shortest tier at least that long, unless the attempt's own tier
+is longer: ``Retry-After`` is the least the endpoint asks us to wait (RFC 9110), and taking it
+as a floor, never as a shortcut, keeps an endpoint that always answers ``Retry-After: 1`` from
+burning every attempt in seconds. A wait longer than the longest tier gets the longest tier.
+
+No jitter, on purpose. Per-message TTLs (the ``expiration`` property) cannot add it: a queue
+expires messages only at its head, so a message with a long TTL holds back every shorter one
+behind it. In one tier queue whose messages draw their TTL from [lo, T], a message leaves at the
+largest TTL drawn before it (counting from arrival), never later than T; for a burst of failures
+(precisely the case jitter is for) that running maximum is close to T after a handful of
+messages, so the burst leaves the queue together anyway. Drawing the tier instead (attempt n
+uniformly on tier n-1 or n) was considered and left out: it splits a burst into only two groups
+per round; it changes the back-off curve rather than blurring it (the tiers are 6 to 10 times
+apart, so half the waits shrink that much, and the time the attempts cover becomes random:
+anywhere from 4.6 h to 6.6 h with the defaults); and what a burst can do to an endpoint is
+bounded already, by the prefetch and by the agency's circuit breaker, which after F failures
+lets one probe through and no more.
+
+Limits
+------
+A delivery is given up (dead-lettered) after ``max_attempts`` attempts (reason
+``max_attempts``) or when it fails ``max_age`` after its first failed attempt (``max_age``),
+both per priority (``LIENTHONG_PRIORITY_LIMITS``). The priority comes from the
+``x-lienthong-priority`` header, or else from the envelope in the body; the clock starts at the
+first failure (header ``x-lienthong-first-attempt``), not at the envelope's ``header.created``,
+which a sender may set to any time (the time its document was drafted, say), and which would
+then dead-letter a message after one failure. Limits are checked when an attempt fails (or is
+deferred), so a message is never given up without its attempts, and is given up at most one
+tier after ``max_age``.
+
+Circuit breakers
+----------------
+Each push agency has a breaker (:mod:`gateway.circuit`). While it is open, or half-open with its
+one probe under way, a message for that agency is not pushed: it goes back to the shortest delay
+tier at least as long as the rest of the cool-down, with the same attempt number (an endpoint
+being down must not use up the message's attempts, though its age still counts), and is acked.
+Nothing waits in the handler, so other agencies' messages go on at full speed. A failure that
+opens or keeps a breaker open is a :class:`RetryLater` from the push (connection error,
+timeout, 5xx, 408, 425, 429); any other answer, a 4xx included, proves the endpoint is up.
+"At least as long" overshoots where the tiers are far apart (with the defaults a 60 s rest
+waits 5 min; tiers near the cool-downs in ``LIENTHONG_RETRY_DELAYS`` tighten it); the other
+choice, the longest tier not past the rest, would bring the message back sooner but republish
+every waiting message several times per open period, work taken from the other agencies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from gateway.broker import Broker, Outgoing
+from gateway.circuit import Breakers, CircuitBreaker, Permit
 from gateway.directory import DeliveryMode, Directory
+from gateway.envelope import Priority
 from gateway.errors import GatewayError, PermanentFailure, RetryLater
 from gateway.settings import Settings
 from gateway.store.store import State, Store
+from gateway.topology import Topology
 
 log = structlog.get_logger(__name__)
 
@@ -40,12 +94,88 @@ H_FIRST_ATTEMPT = "x-lienthong-first-attempt"
 H_REASON = "x-lienthong-reason"
 H_ERROR = "x-lienthong-error"
 H_SENDER = "x-lienthong-sender"
+H_PRIORITY = "x-lienthong-priority"
+H_LAST_ATTEMPT = "x-lienthong-last-attempt"
 
 _RETRYABLE_STATUS = {408, 425, 429}
 
 
-def first_delivery_headers(recipient: str, sender: str) -> dict[str, Any]:
-    return {H_RECIPIENT: recipient, H_SENDER: sender, H_ATTEMPT: 1}
+def first_delivery_headers(
+    recipient: str, sender: str, *, priority: str | None = None
+) -> dict[str, Any]:
+    headers: dict[str, Any] = {H_RECIPIENT: recipient, H_SENDER: sender, H_ATTEMPT: 1}
+    if priority is not None:
+        headers[H_PRIORITY] = str(priority)
+    return headers
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def message_priority(headers: Mapping[str, Any], body: bytes) -> str:
+    """The ``x-lienthong-priority`` header if present, else the envelope's ``header.priority``
+    (the AMQP body is the canonical JSON envelope); ``normal`` when neither says."""
+    value = _text(headers.get(H_PRIORITY))
+    if value:
+        return value
+    try:
+        priority = orjson.loads(body)["header"].get("priority")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        priority = None
+    return priority if isinstance(priority, str) and priority else Priority.NORMAL.value
+
+
+def _instant(value: Any) -> datetime | None:
+    text = _text(value)
+    if not text:
+        return None
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+
+
+def delivery_age(headers: Mapping[str, Any], now: datetime) -> float:
+    """Seconds since the first failed attempt (0 before one, or if the header is unreadable)."""
+    start = _instant(headers.get(H_FIRST_ATTEMPT))
+    return 0.0 if start is None else max(0.0, (now - start).total_seconds())
+
+
+def tier_at_least(delays_ms: Sequence[int], seconds: float) -> int:
+    """The index of the shortest tier lasting at least ``seconds``; the longest if none does."""
+    fitting = [i for i, ms in enumerate(delays_ms) if ms >= seconds * 1000]
+    if fitting:
+        return min(fitting, key=lambda i: delays_ms[i])
+    return max(range(len(delays_ms)), key=lambda i: delays_ms[i])
+
+
+def retry_tier(topology: Topology, attempt: int, delay: float | None) -> int:
+    """The tier after failed ``attempt``: its own, or a longer one if ``delay`` asks for it."""
+    tier = topology.retry_tier(attempt)
+    if delay is None:
+        return tier
+    asked = tier_at_least(topology.retry_delays_ms, delay)
+    return max(tier, asked, key=lambda i: topology.retry_delays_ms[i])
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date; None if absent or unreadable."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 async def push(
@@ -78,8 +208,7 @@ async def push(
     if 200 <= status < 300:
         return
     if status in _RETRYABLE_STATUS or status >= 500:
-        delay = float(retry_after) if retry_after and retry_after.isdigit() else None
-        raise RetryLater(f"push answered HTTP {status}", delay=delay)
+        raise RetryLater(f"push answered HTTP {status}", delay=parse_retry_after(retry_after))
     raise PermanentFailure(f"push answered HTTP {status}")
 
 
@@ -102,6 +231,10 @@ class DeliveryWorker:
         self.http = http
         self.topology = broker.topology
         self.duplicates_absorbed = 0
+        self.breakers = Breakers(
+            failures=settings.breaker_failures, cooldown=settings.breaker_cooldown,
+            max_cooldown=settings.breaker_max_cooldown,
+        )
         self._inflight: set[asyncio.Task[None]] = set()
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._channel_cm: contextlib.AbstractAsyncContextManager[Any] | None = None
@@ -168,11 +301,21 @@ class DeliveryWorker:
         bound: Any,
     ) -> None:
         headers = message.headers or {}
+        breaker: CircuitBreaker | None = None
+        permit: Permit | None = None
         try:
             agency = self.directory.agencies.get(recipient)
             if agency is None:
                 raise PermanentFailure(f"recipient {recipient} is not in the directory")
             push_to = agency.endpoint if agency.mode is DeliveryMode.PUSH else None
+            if push_to:
+                # Before the store is read: a message for an agency that is down costs no I/O
+                # but its republishing.
+                breaker = self.breakers[recipient]
+                permit = breaker.acquire()
+                if not permit.allowed:
+                    await self._defer(message, recipient, attempt, permit.wait, bound)
+                    return
             # A pull delivery is one conditional, idempotent write: no need to read first. A
             # push must not be repeated for what was delivered already, so it reads first.
             state = await self.store.recipient_state(message_id, recipient) if push_to else None
@@ -183,12 +326,23 @@ class DeliveryWorker:
                 bound.info("delivery.duplicate_absorbed", state=state)
                 await message.ack()
                 return
-            if push_to:
+            if push_to and breaker is not None and permit is not None:
                 sender = str(headers.get(H_SENDER, ""))
-                await push(
-                    self.http, push_to, message.body, message_id=message_id,
-                    sender=sender, attempt=attempt, timeout=self.settings.push_timeout,
-                )
+                try:
+                    await push(
+                        self.http, push_to, message.body, message_id=message_id,
+                        sender=sender, attempt=attempt, timeout=self.settings.push_timeout,
+                    )
+                except RetryLater:
+                    if breaker.failure(permit):
+                        bound.warning(
+                            "circuit.opened", agency=recipient, cooldown=breaker.cooldown
+                        )
+                    raise
+                except PermanentFailure:
+                    self._breaker_success(breaker, permit, recipient, bound)  # it answered
+                    raise
+                self._breaker_success(breaker, permit, recipient, bound)
             fresh = await self.store.record_delivery(
                 message_id, recipient, mode=agency.mode.value, attempt=attempt
             )
@@ -202,20 +356,72 @@ class DeliveryWorker:
             await self._retry_or_dead_letter(message, recipient, attempt, exc, bound)
         except PermanentFailure as exc:
             await self._dead_letter(message, recipient, attempt, "permanent", exc.detail, bound)
+        finally:
+            if breaker is not None and permit is not None:
+                breaker.release(permit)
+
+    @staticmethod
+    def _breaker_success(
+        breaker: CircuitBreaker, permit: Permit, recipient: str, bound: Any
+    ) -> None:
+        if breaker.success(permit):
+            bound.info("circuit.closed", agency=recipient)
+
+    async def _defer(
+        self, message: AbstractIncomingMessage, recipient: str, attempt: int, wait: float,
+        bound: Any,
+    ) -> None:
+        """The agency's breaker is open: back to a delay tier with the same attempt number
+        (or to the dead letters, if the message is past its age)."""
+        headers = dict(message.headers or {})
+        now = datetime.now(UTC)
+        priority = message_priority(headers, message.body)
+        headers[H_PRIORITY] = priority
+        headers.setdefault(H_FIRST_ATTEMPT, now.isoformat())
+        if delivery_age(headers, now) >= self.settings.limits(priority).max_age:
+            last = _text(headers.get(H_ERROR)) or "none"
+            await self._dead_letter(
+                message, recipient, attempt - 1, "max_age",
+                f"given up while the agency's circuit breaker was open (last error: {last})",
+                bound,
+            )
+            return
+        tier = tier_at_least(self.topology.retry_delays_ms, wait)
+        await self.broker.publish(
+            Outgoing(
+                exchange=self.topology.retry_exchange(tier),
+                routing_key=message.routing_key or self.topology.routing_key(recipient),
+                body=message.body,
+                message_id=message.message_id or "",
+                headers=headers,
+            )
+        )
+        bound.info(
+            "delivery.deferred", reason="circuit_open",
+            delay_ms=self.topology.retry_delays_ms[tier],
+        )
+        await message.ack()
 
     async def _retry_or_dead_letter(
         self, message: AbstractIncomingMessage, recipient: str, attempt: int,
         exc: RetryLater, bound: Any,
     ) -> None:
-        if attempt >= self.settings.max_attempts:
+        headers = dict(message.headers or {})
+        now = datetime.now(UTC)
+        priority = message_priority(headers, message.body)
+        limits = self.settings.limits(priority)
+        if attempt >= limits.max_attempts:
             await self._dead_letter(
                 message, recipient, attempt, "max_attempts", exc.detail, bound
             )
             return
-        tier = self.topology.retry_tier(attempt)
-        headers = dict(message.headers or {})
+        if delivery_age(headers, now) >= limits.max_age:
+            await self._dead_letter(message, recipient, attempt, "max_age", exc.detail, bound)
+            return
+        tier = retry_tier(self.topology, attempt, exc.delay)
         headers[H_ATTEMPT] = attempt + 1
-        headers.setdefault(H_FIRST_ATTEMPT, _now_iso())
+        headers[H_PRIORITY] = priority
+        headers.setdefault(H_FIRST_ATTEMPT, now.isoformat())
         headers[H_ERROR] = exc.detail[:500]
         await self.broker.publish(
             Outgoing(
@@ -226,9 +432,8 @@ class DeliveryWorker:
                 headers=headers,
             )
         )
-        await self.store.record_attempt_failure(
-            message.message_id or "", recipient, attempt=attempt, error=exc.detail,
-            permanent=False,
+        await self.store.record_retry(
+            message.message_id or "", recipient, attempt=attempt, error=exc.detail
         )
         bound.warning(
             "delivery.retry", error=exc.detail,
@@ -243,7 +448,7 @@ class DeliveryWorker:
         headers = dict(message.headers or {})
         headers |= {H_REASON: reason, H_ERROR: error[:500], H_ATTEMPT: attempt}
         headers.setdefault(H_FIRST_ATTEMPT, _now_iso())
-        headers["x-lienthong-last-attempt"] = _now_iso()
+        headers[H_LAST_ATTEMPT] = _now_iso()
         await self.broker.publish(
             Outgoing(
                 exchange=self.topology.dead_exchange,
@@ -253,10 +458,8 @@ class DeliveryWorker:
                 headers=headers,
             )
         )
-        await self.store.record_attempt_failure(
-            message.message_id or "", recipient, attempt=attempt, error=f"{reason}: {error}",
-            permanent=True,
-        )
+        # The dead-letter keeper records it in the store (one path for our dead letters and
+        # the broker's own), and the sender then sees ``failed`` with the reason.
         bound.error("delivery.dead_lettered", reason=reason, error=error)
         await message.ack()
 

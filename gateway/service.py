@@ -21,6 +21,7 @@ from gateway import topology as topo
 from gateway.api import create_app
 from gateway.api.keys import BROKER, DIRECTORY, RELAY, SETTINGS, STORE, WORKER
 from gateway.broker import Broker
+from gateway.deadletters import DeadLetterKeeper
 from gateway.delivery import DeliveryWorker
 from gateway.directory import Directory, load_directory
 from gateway.relay import OutboxRelay
@@ -37,9 +38,11 @@ def build_app(
     broker: bool = True,
     workers: bool = True,
     relay_loop: bool = True,
+    keeper: bool = True,
 ) -> web.Application:
     """The whole gateway as an aiohttp app. ``broker=False`` gives the API on the store alone
-    (accepted messages wait in the outbox); ``workers=False`` runs no delivery consumers."""
+    (accepted messages wait in the outbox); ``workers=False`` runs no delivery consumers and
+    ``keeper=False`` leaves dead letters in the dead-letter queue."""
     app = create_app(settings)
     app[DIRECTORY] = directory or load_directory(
         settings.directory_path, allow_insecure_push=settings.allow_insecure_push
@@ -51,6 +54,8 @@ def build_app(
             app.cleanup_ctx.append(_relay_loop_ctx)
         if workers:
             app.cleanup_ctx.append(_workers_ctx)
+        if keeper:
+            app.cleanup_ctx.append(_keeper_ctx)
     return app
 
 
@@ -91,6 +96,13 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         app[WORKER] = worker
         yield
         await worker.stop()
+
+
+async def _keeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    keeper = DeadLetterKeeper(app[STORE], app[BROKER])
+    await keeper.start()
+    yield
+    await keeper.stop()
 
 
 def serve(settings: Settings) -> None:

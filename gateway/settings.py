@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.envelope import Priority
 from gateway.errors import ConfigError
 
 PREFIX = "LIENTHONG_"
@@ -54,6 +55,52 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise ValueError(f"must be a positive integer, got {value}")
     return value
+
+
+def _positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("must be longer than zero")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """When a delivery is given up: after ``max_attempts`` attempts, or ``max_age`` seconds
+    after its first failed attempt (whichever comes first)."""
+
+    max_attempts: int
+    max_age: float
+
+
+_PRIORITY_LIMIT = re.compile(r"^([a-z_]+)=(\d+)/(\S+)$")
+
+
+def _priority_limits(text: str) -> tuple[tuple[Priority, Limits], ...]:
+    """``"flash=12/6h,very_urgent=10/24h"``: per priority, attempts/age. Empty: none."""
+    names = ", ".join(p.value for p in Priority)
+    result: dict[Priority, Limits] = {}
+    for raw in text.split(","):
+        part = raw.strip()
+        if not part:
+            if text.strip():
+                raise ValueError("empty entry (use e.g. flash=12/6h,very_urgent=10/24h)")
+            continue
+        match = _PRIORITY_LIMIT.match(part)
+        if not match:
+            raise ValueError(f"{part!r} is not PRIORITY=ATTEMPTS/AGE (e.g. flash=12/6h)")
+        name, attempts, age = match.groups()
+        try:
+            priority = Priority(name)
+        except ValueError:
+            raise ValueError(f"unknown priority {name!r} (one of {names})") from None
+        if priority in result:
+            raise ValueError(f"priority {name!r} given twice")
+        try:
+            result[priority] = Limits(_positive_int(attempts), _positive_duration(age))
+        except ValueError as exc:
+            raise ValueError(f"{part!r}: {exc}") from None
+    return tuple(sorted(result.items()))
 
 
 def _port(text: str) -> int:
@@ -113,6 +160,12 @@ class Settings:
     prefetch: int = 32
     retry_delays: tuple[float, ...] = (5.0, 30.0, 300.0, 1800.0, 7200.0)
     max_attempts: int = 8
+    max_age: float = 72 * 3600.0  # give up this long after the first failed attempt
+    # Per-priority (max_attempts, max_age) instead of the two above.
+    priority_limits: tuple[tuple[Priority, Limits], ...] = ()
+    breaker_failures: int = 5  # consecutive push failures that open an agency's breaker
+    breaker_cooldown: float = 30.0  # first open period; doubles while probes fail...
+    breaker_max_cooldown: float = 600.0  # ...up to this
     delivery_limit: int = 20
     push_timeout: float = 10.0
     relay_interval: float = 1.0
@@ -133,6 +186,13 @@ class Settings:
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    def limits(self, priority: str | None) -> Limits:
+        """The delivery limits for a message of this priority (unknown or None: the defaults)."""
+        for name, limits in self.priority_limits:
+            if name == priority:
+                return limits
+        return Limits(self.max_attempts, self.max_age)
 
     def with_(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -182,6 +242,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "prefetch": _positive_int,
     "retry_delays": _durations,
     "max_attempts": _positive_int,
+    "max_age": _positive_duration,
+    "priority_limits": _priority_limits,
+    "breaker_failures": _positive_int,
+    "breaker_cooldown": _positive_duration,
+    "breaker_max_cooldown": _positive_duration,
     "delivery_limit": _positive_int,
     "push_timeout": parse_duration,
     "relay_interval": parse_duration,

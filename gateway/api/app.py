@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.api.auth import auth_middleware
 from gateway.api.keys import SETTINGS
+from gateway.api.ops import routes as ops_routes
 from gateway.api.problems import problems_middleware
 from gateway.api.routes import routes
 from gateway.settings import Settings
@@ -18,4 +19,5 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app.add_routes(routes)
+    app.add_routes(ops_routes)
     return app

@@ -9,7 +9,7 @@ from gateway.delivery import DeliveryWorker
 from gateway.directory import Directory
 from gateway.relay import OutboxRelay
 from gateway.settings import Settings
-from gateway.store.store import Store
+from gateway.store.store import Principal, Store
 
 SETTINGS = web.AppKey("settings", Settings)
 DIRECTORY = web.AppKey("directory", Directory)
@@ -18,5 +18,6 @@ BROKER = web.AppKey("broker", Broker)
 RELAY = web.AppKey("relay", OutboxRelay)
 WORKER = web.AppKey("worker", DeliveryWorker)
 
-#: the agency code the bearer token belongs to (set by the auth middleware)
+#: who the bearer token belongs to, and for agency tokens the agency code (auth middleware)
+PRINCIPAL = web.RequestKey("principal", Principal)
 AGENCY = web.RequestKey("agency", str)

@@ -102,8 +102,9 @@ async def post_message(request: web.Request) -> web.Response:
     directory = request.app[DIRECTORY]
     resolution = directory.resolve(header.to, sender=agency)
     about: str | None = None
+    status_code: str | None = None
     if isinstance(envelope, StatusEnvelope):
-        about = str(envelope.body.about)
+        about, status_code = str(envelope.body.about), envelope.body.code.value
         await _check_status_route(request, agency, about, resolution.recipients)
     message_id = header.id or uuid.uuid4()
     stamped = stamp(envelope, message_id=message_id, now=utcnow())
@@ -120,6 +121,7 @@ async def post_message(request: web.Request) -> web.Response:
         redirects=dict(resolution.redirects),
         idempotency_key=key,
         request_hash=request_hash,
+        status_code=status_code,
     )
     log.info("message.accepted", message_id=accepted.message_id, sender=agency,
              recipients=len(accepted.recipients), kind=stamped.kind)
@@ -211,7 +213,7 @@ async def get_trace(request: web.Request) -> web.Response:
     return json_response({"message_id": row.id, "sender": row.sender, "events": events})
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -246,8 +248,8 @@ async def get_inbox(request: web.Request) -> web.Response:
     wanted = request.query.get("agency", agency)
     if wanted != agency:
         raise Forbidden(f"agency {agency} cannot read the inbox of {wanted}")
-    after = _int_param(request, "after", 0, 0, 2**62)
-    limit = _int_param(request, "limit", 50, 1, 500)
+    after = int_param(request, "after", 0, 0, 2**62)
+    limit = int_param(request, "limit", 50, 1, 500)
     unread = request.query.get("unread", "false")
     if unread not in {"true", "false"}:
         raise SchemaViolation(

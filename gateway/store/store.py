@@ -7,6 +7,7 @@ that same transaction: what the store says happened, happened, and nothing else 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
 import uuid
@@ -29,6 +30,7 @@ from gateway.store.tables import (
     audit_events,
     audit_head,
     credentials,
+    dead_letters,
     inbox,
     messages,
     outbox,
@@ -53,6 +55,67 @@ class IdempotencyKeyReused(UnprocessableRequest):
             "this Idempotency-Key was used for a different request",
             errors=[FieldError("header:Idempotency-Key", "reused with another body")],
         )
+
+
+class DeadState:
+    DEAD = "dead"
+    REPLAYED = "replayed"
+    DISCARDED = "discarded"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    message_id: str
+    recipient: str
+    reason: str
+    error: str | None
+    attempts: int
+    first_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    dead_at: datetime
+    state: str
+    resolved_at: datetime | None
+    resolved_by: str | None
+    comment: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which dead letters: by id, recipient agency, reason, age; ``state=None`` for any."""
+
+    ids: Sequence[int] | None = None
+    agency: str | None = None
+    reason: str | None = None
+    older_than: datetime | None = None  # died before this instant
+    state: str | None = DeadState.DEAD
+
+    def clauses(self) -> list[Any]:
+        c = dead_letters.c
+        found: list[Any] = []
+        if self.ids is not None:
+            found.append(c.id.in_(list(self.ids)))
+        if self.agency is not None:
+            found.append(c.recipient == self.agency)
+        if self.reason is not None:
+            found.append(c.reason == self.reason)
+        if self.older_than is not None:
+            found.append(c.dead_at < self.older_than)
+        if self.state is not None:
+            found.append(c.state == self.state)
+        return found
+
+
+class Role:
+    AGENCY = "agency"  # sends as, and reads for, one agency
+    OPERATOR = "operator"  # runs the gateway: dead letters, never an agency's messages
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    role: str
+    agency: str | None  # set for an agency
+    name: str  # the agency code, or the operator's name
 
 
 class State:
@@ -202,18 +265,51 @@ class Store:
                 )
         return int(result.rowcount)
 
-    async def authenticate(self, token: str) -> str | None:
-        """The agency a bearer token belongs to, or None when unknown or revoked."""
+    async def issue_operator_credential(self, name: str) -> tuple[str, str]:
+        """A bearer token for an operator (the ``/api/v1/ops`` routes); ``name`` is who."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        cred_id = str(uuid.uuid4())
+        async with self.write() as conn:
+            await conn.execute(
+                credentials.insert().values(
+                    id=cred_id, role=Role.OPERATOR, agency=None, token_hash=hash_token(token),
+                    label=name, created_at=utcnow(),
+                )
+            )
+            await _audit(conn, "credential.issued", actor=name,
+                         detail={"credential": cred_id, "role": Role.OPERATOR})
+        return cred_id, token
+
+    async def revoke_operator_credentials(self, name: str) -> int:
+        async with self.write() as conn:
+            result = await conn.execute(
+                credentials.update()
+                .where(credentials.c.role == Role.OPERATOR, credentials.c.label == name,
+                       credentials.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            if result.rowcount:
+                await _audit(conn, "credential.revoked", actor=name,
+                             detail={"role": Role.OPERATOR, "count": result.rowcount})
+        return int(result.rowcount)
+
+    async def authenticate(self, token: str) -> Principal | None:
+        """Who a bearer token belongs to, or None when unknown or revoked."""
         async with self.read() as conn:
             row = (
                 await conn.execute(
-                    sa.select(credentials.c.agency).where(
+                    sa.select(credentials.c.role, credentials.c.agency, credentials.c.label)
+                    .where(
                         credentials.c.token_hash == hash_token(token),
                         credentials.c.revoked_at.is_(None),
                     )
                 )
             ).first()
-        return None if row is None else str(row.agency)
+        if row is None:
+            return None
+        if row.role == Role.OPERATOR:
+            return Principal(Role.OPERATOR, None, str(row.label))
+        return Principal(Role.AGENCY, str(row.agency), str(row.agency))
 
     # -- accepting ----------------------------------------------------------------------------
     async def find_idempotent(self, sender: str, key: str) -> tuple[Accepted, str] | None:
@@ -234,6 +330,7 @@ class Store:
         redirects: dict[str, str],
         idempotency_key: str | None,
         request_hash: str,
+        status_code: str | None = None,
     ) -> Accepted:
         """Persist the message, its recipients and their outbox rows in one transaction."""
         now = utcnow()
@@ -273,11 +370,15 @@ class Store:
                     OutboxRow(r.id, message_id, sender, r.recipient, envelope)
                     for r in inserted.all()
                 )
-                await _audit(
-                    conn, "accepted", message_id=message_id, agency=sender, actor=sender,
-                    detail={"kind": kind, "recipients": list(recipients_),
-                            **({"redirects": redirects} if redirects else {})},
-                )
+                events = [_Event(
+                    "accepted", message_id, sender, sender,
+                    {"kind": kind, "recipients": list(recipients_),
+                     **({"redirects": redirects} if redirects else {})},
+                )]
+                if about is not None:  # a status report joins the timeline of its message
+                    events.append(_Event("status_received", about, sender, sender,
+                                         {"code": status_code, "status_message": message_id}))
+                await _audit_many(conn, events)
         except IntegrityError:
             # Two requests with one Idempotency-Key raced: the other one won; answer as it did.
             if idempotency_key is not None:
@@ -384,12 +485,10 @@ class Store:
             )
         return True
 
-    async def record_attempt_failure(self, message_id: str, agency: str, *, attempt: int,
-                                     error: str, permanent: bool) -> None:
+    async def record_retry(self, message_id: str, agency: str, *, attempt: int,
+                           error: str) -> None:
+        """Attempt ``attempt`` failed and will be tried again: the sender sees why."""
         now = utcnow()
-        values: dict[str, Any] = {"attempts": attempt, "last_error": error, "updated_at": now}
-        if permanent:
-            values |= {"state": State.FAILED, "failed_at": now}
         async with self.write() as conn:
             await conn.execute(
                 recipients.update()
@@ -398,12 +497,10 @@ class Store:
                     recipients.c.agency == agency,
                     recipients.c.state == State.PENDING,
                 )
-                .values(**values)
+                .values(attempts=attempt, last_error=error, updated_at=now)
             )
-            await _audit(
-                conn, "dead_lettered" if permanent else "retried", message_id=message_id,
-                agency=agency, detail={"attempt": attempt, "error": error},
-            )
+            await _audit(conn, "retried", message_id=message_id, agency=agency,
+                         detail={"attempt": attempt, "error": error})
 
     # -- inbox --------------------------------------------------------------------------------
     async def inbox_page(self, agency: str, *, after: int = 0, limit: int = 50,
@@ -453,6 +550,125 @@ class Store:
             )
             await _audit(conn, "read", message_id=message_id, agency=agency, actor=agency)
         return now
+
+    # -- dead letters -------------------------------------------------------------------------
+    async def record_dead_letter(
+        self, *, message_id: str, recipient: str, reason: str, error: str | None,
+        attempts: int, first_attempt_at: datetime | None, last_attempt_at: datetime | None,
+    ) -> bool:
+        """Keep a dead letter (once, however often the DLQ hands it over) and show the sender
+        ``failed`` with the reason. False when it was already kept."""
+        now = utcnow()
+        async with self.write() as conn:
+            open_row = (
+                await conn.execute(
+                    sa.select(dead_letters.c.id).where(
+                        dead_letters.c.message_id == message_id,
+                        dead_letters.c.recipient == recipient,
+                        dead_letters.c.state == DeadState.DEAD,
+                    )
+                )
+            ).first()
+            if open_row is not None:
+                return False
+            await conn.execute(
+                dead_letters.insert().values(
+                    message_id=message_id, recipient=recipient, reason=reason, error=error,
+                    attempts=attempts, first_attempt_at=first_attempt_at,
+                    last_attempt_at=last_attempt_at, dead_at=now, state=DeadState.DEAD,
+                )
+            )
+            await conn.execute(
+                recipients.update()
+                .where(
+                    recipients.c.message_id == message_id,
+                    recipients.c.agency == recipient,
+                    recipients.c.state == State.PENDING,
+                )
+                .values(state=State.FAILED, failed_at=now, updated_at=now, attempts=attempts,
+                        last_error=f"{reason}: {error}" if error else reason)
+            )
+            await _audit(conn, "dead_lettered", message_id=message_id, agency=recipient,
+                         detail={"reason": reason, "error": error, "attempts": attempts})
+        return True
+
+    async def dead_letters(self, where: DeadLetterFilter, *, after: int = 0, limit: int = 100
+                           ) -> list[DeadLetter]:
+        query = (
+            sa.select(dead_letters)
+            .where(*where.clauses(), dead_letters.c.id > after)
+            .order_by(dead_letters.c.id)
+            .limit(limit)
+        )
+        async with self.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [DeadLetter(**row._asdict()) for row in rows]
+
+    async def dead_letter(self, dead_id: int) -> DeadLetter:
+        found = await self.dead_letters(DeadLetterFilter(ids=(dead_id,), state=None))
+        if not found:
+            raise NotFound(f"no dead letter {dead_id}")
+        return found[0]
+
+    async def replay_dead_letters(
+        self, where: DeadLetterFilter, *, by: str, comment: str
+    ) -> list[OutboxRow]:
+        """Send dead letters again, with their message ids (so recipients still deduplicate):
+        the recipient is pending again and a new outbox row goes to the relay."""
+        now = utcnow()
+        async with self.write() as conn:
+            rows = await _take_open(conn, where, DeadState.REPLAYED, by=by, comment=comment,
+                                    now=now)
+            if not rows:
+                return []
+            for row in rows:
+                await conn.execute(
+                    recipients.update()
+                    .where(recipients.c.message_id == row.message_id,
+                           recipients.c.agency == row.recipient,
+                           recipients.c.state == State.FAILED)
+                    .values(state=State.PENDING, attempts=0, failed_at=None, updated_at=now)
+                )
+            inserted = await conn.execute(
+                outbox.insert().returning(outbox.c.id, outbox.c.message_id, outbox.c.recipient,
+                                          sort_by_parameter_order=True),
+                [{"message_id": r.message_id, "recipient": r.recipient, "created_at": now,
+                  "publish_attempts": 0} for r in rows],
+            )
+            outbox_ids = inserted.all()
+            await _audit_many(conn, [
+                _Event("replayed", r.message_id, r.recipient, by,
+                       {"dead_letter": r.id, "comment": comment})
+                for r in rows
+            ])
+            found = (
+                await conn.execute(
+                    sa.select(messages.c.id, messages.c.sender, messages.c.envelope).where(
+                        messages.c.id.in_({r.message_id for r in rows})
+                    )
+                )
+            ).all()
+        by_id = {m.id: m for m in found}
+        return [
+            OutboxRow(o.id, o.message_id, by_id[o.message_id].sender, o.recipient,
+                      by_id[o.message_id].envelope.encode())
+            for o in outbox_ids
+        ]
+
+    async def discard_dead_letters(
+        self, where: DeadLetterFilter, *, by: str, comment: str
+    ) -> list[int]:
+        """Give dead letters up for good; the recipient stays ``failed``."""
+        async with self.write() as conn:
+            rows = await _take_open(conn, where, DeadState.DISCARDED, by=by, comment=comment,
+                                    now=utcnow())
+            if rows:
+                await _audit_many(conn, [
+                    _Event("discarded", r.message_id, r.recipient, by,
+                           {"dead_letter": r.id, "comment": comment})
+                    for r in rows
+                ])
+        return [r.id for r in rows]
 
     # -- queries ------------------------------------------------------------------------------
     async def message(self, message_id: str) -> MessageRow:
@@ -537,6 +753,25 @@ class Store:
                 )
             ).all()
         return {str(state): int(n) for state, n in rows}
+
+
+async def _take_open(
+    conn: AsyncConnection, where: DeadLetterFilter, new_state: str, *, by: str, comment: str,
+    now: datetime,
+) -> list[Any]:
+    """Close the open dead letters that match: (re)read under the write lock, then update."""
+    where = dataclasses.replace(where, state=DeadState.DEAD)
+    rows = (
+        await conn.execute(sa.select(dead_letters).where(*where.clauses())
+                           .order_by(dead_letters.c.id))
+    ).all()
+    if rows:
+        await conn.execute(
+            dead_letters.update()
+            .where(dead_letters.c.id.in_([r.id for r in rows]))
+            .values(state=new_state, resolved_at=now, resolved_by=by, comment=comment)
+        )
+    return list(rows)
 
 
 async def _find_idempotent(

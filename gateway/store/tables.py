@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import text as sa_text
 from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData(
@@ -122,7 +123,8 @@ credentials = Table(
     "credentials",
     metadata,
     Column("id", String(36), primary_key=True),
-    Column("agency", AgencyCode, nullable=False, index=True),
+    Column("role", String(16), nullable=False, server_default="agency"),  # agency | operator
+    Column("agency", AgencyCode, nullable=True, index=True),  # None for an operator
     Column("token_hash", String(64), nullable=False, unique=True),  # sha256 hex; never the token
     Column("label", String(255), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
@@ -152,4 +154,34 @@ audit_head = Table(
     Column("id", Integer, primary_key=True),
     Column("last_id", SerialId, nullable=False),
     Column("last_hash", String(64), nullable=False),
+)
+
+#: Dead letters at rest: the keeper moves each message that reaches the dead-letter queue here,
+#: with why it died; operators replay or discard it. A message may die, be replayed and die
+#: again: one row each time, at most one of them ``dead`` at once.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", SerialId, primary_key=True, autoincrement=True),
+    Column("message_id", MessageId, nullable=False),
+    Column("recipient", AgencyCode, nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("first_attempt_at", UTCDateTime(), nullable=True),
+    Column("last_attempt_at", UTCDateTime(), nullable=True),
+    Column("dead_at", UTCDateTime(), nullable=False),
+    Column("state", String(16), nullable=False),  # dead | replayed | discarded
+    Column("resolved_at", UTCDateTime(), nullable=True),
+    Column("resolved_by", String(64), nullable=True),
+    Column("comment", Text, nullable=True),
+    Index(None, "state", "recipient", "dead_at"),
+    Index(
+        "uq_dead_letters_open",
+        "message_id",
+        "recipient",
+        unique=True,
+        sqlite_where=sa_text("state = 'dead'"),
+        postgresql_where=sa_text("state = 'dead'"),
+    ),
 )

@@ -293,6 +293,8 @@ async def test_status_flows_back_to_the_sender_only(gateway: Gateway) -> None:
     assert response.status == 202, await response.text()
     status_id = (await response.json())["id"]
     await gateway.wait_state(status_id, HUE, "delivered")
+    timeline = [e["event"] for e in await gateway.store.events(about)]
+    assert "status_received" in timeline
     # A stranger cannot report on a message it never received...
     stranger = {**status, "header": {"sender": PHONG_DIEN, "to": [{"agency": HUE}]}}
     assert (await gateway.send(PHONG_DIEN, stranger)).status == 403

@@ -12,8 +12,9 @@ import sqlalchemy as sa
 from gateway import topology as topo
 from gateway.api.keys import BROKER, RELAY
 from gateway.broker import Broker, Outgoing
-from gateway.delivery import H_ATTEMPT, H_REASON, H_RECIPIENT, first_delivery_headers
+from gateway.delivery import H_ATTEMPT, H_ERROR, H_REASON, H_RECIPIENT, first_delivery_headers
 from gateway.relay import OutboxRelay
+from gateway.store.store import DeadLetterFilter
 from gateway.store.tables import audit_events, inbox, outbox
 from tests.conftest import HUE, PROVINCE, PUSH_AGENCY, Gateway, GatewayFactory, document
 
@@ -149,28 +150,38 @@ async def test_push_repeat_after_a_lost_answer_carries_the_same_message_id(
     assert await events(gateway, message_id, "delivered") == 1
 
 
-async def test_permanent_push_failure_is_dead_lettered_with_reason(gateway: Gateway) -> None:
-    gateway.push.fail_next(400)
-    message_id = await send(gateway, PROVINCE, PUSH_AGENCY)
-    await gateway.wait_state(message_id, PUSH_AGENCY, "failed")
-    row = await gateway.store.message(message_id)
-    assert row.recipients[0].last_error == "permanent: push answered HTTP 400"
-    dead = await _dead_letter(gateway)
+async def test_permanent_failure_lands_in_the_dlq_with_headers_then_in_the_store(
+    make_gateway: GatewayFactory,
+) -> None:
+    # Without the keeper, the dead letter waits in the queue with headers saying why...
+    gw = await make_gateway(keeper=False)
+    gw.push.fail_next(400)
+    message_id = await send(gw, PROVINCE, PUSH_AGENCY)
+    dead = await _dead_letter(gw)
     assert dead.message_id == message_id
     assert dead.headers[H_REASON] == "permanent"
     assert dead.headers[H_RECIPIENT] == PUSH_AGENCY
-    await dead.ack()
+    assert dead.headers[H_ERROR] == "push answered HTTP 400"
+    assert dead.headers[H_ATTEMPT] == 1
+    assert await gw.recipient_state(message_id, PUSH_AGENCY) == "pending"
+    await dead.nack(requeue=True)
+    # ...and the keeper moves it into the store: the sender sees failed, with the reason.
+    keeper = await make_gateway()
+    await keeper.wait_state(message_id, PUSH_AGENCY, "failed")
+    row = await keeper.store.message(message_id)
+    assert row.recipients[0].last_error == "permanent: push answered HTTP 400"
 
 
-async def test_retries_exhausted_go_to_the_dead_letter_queue(gateway: Gateway) -> None:
+async def test_retries_exhausted_are_dead_lettered_with_the_count(gateway: Gateway) -> None:
     gateway.push.fail_next(*([500] * gateway.settings.max_attempts))
     message_id = await send(gateway, PROVINCE, PUSH_AGENCY)
     await gateway.wait_state(message_id, PUSH_AGENCY, "failed")
     assert gateway.push.requests[message_id] == gateway.settings.max_attempts
-    dead = await _dead_letter(gateway)
-    assert dead.headers[H_REASON] == "max_attempts"
-    assert dead.headers[H_ATTEMPT] == gateway.settings.max_attempts
-    await dead.ack()
+    [dead] = await gateway.store.dead_letters(DeadLetterFilter())
+    assert (dead.message_id, dead.reason) == (message_id, "max_attempts")
+    assert dead.attempts == gateway.settings.max_attempts
+    assert dead.first_attempt_at is not None and dead.last_attempt_at is not None
+    assert dead.error == "push answered HTTP 500"
 
 
 async def _dead_letter(gw: Gateway) -> aio_pika.abc.AbstractIncomingMessage:
