@@ -69,7 +69,8 @@ def test_a_broken_directory_names_the_entry(tmp_path: Path) -> None:
         "levels: [{code: province}, {code: district}]\n"
         "agencies:\n"
         "  - {code: '000.00.00.H57', name: UBND tỉnh, level: province}\n"
-        "  - {code: '000.00.31.H57', name: UBND TP Huế, level: district, parent: '000.00.99.H57'}\n",
+        "  - {code: '000.00.31.H57', name: UBND TP Huế, level: district,\n"
+        "     parent: '000.00.99.H57'}\n",
         encoding="utf-8",
     )
     result = lienthong("directory", "check", str(broken), data=tmp_path)
