@@ -11,7 +11,6 @@ and only then acks it. While the keeper is down, dead letters wait in the queue.
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime
 from typing import Any
 
 import structlog
@@ -25,39 +24,32 @@ from gateway.delivery import (
     H_LAST_ATTEMPT,
     H_REASON,
     H_RECIPIENT,
+    header_instant,
+    header_text,
 )
 from gateway.errors import GatewayError
 from gateway.store.store import Store
 
 log = structlog.get_logger(__name__)
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _instant(value: Any) -> datetime | None:
-    text = _text(value)
-    if not text:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else None
+def _attempts(value: Any) -> int:
+    """Our attempt header: an int as we publish it, text if someone re-published it."""
+    if isinstance(value, int):
+        return value
+    text = header_text(value)
+    return int(text) if text and text.isdigit() else 0
 
 
 def why(headers: dict[str, Any]) -> tuple[str, str | None]:
     """(reason, error) of a dead letter, from our headers or else from the broker's x-death."""
-    reason = _text(headers.get(H_REASON))
+    reason = header_text(headers.get(H_REASON))
     if reason:
-        return reason, _text(headers.get(H_ERROR))
+        return reason, header_text(headers.get(H_ERROR))
     deaths = headers.get("x-death")
     if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
         death = deaths[0]
-        broker_reason = _text(death.get("reason")) or "unknown"
-        return broker_reason, f"dead-lettered by RabbitMQ from {_text(death.get('queue'))}"
+        broker_reason = header_text(death.get("reason")) or "unknown"
+        return broker_reason, f"dead-lettered by RabbitMQ from {header_text(death.get('queue'))}"
     return "unknown", None
 
 
@@ -88,15 +80,15 @@ class DeadLetterKeeper:
     async def handle(self, message: AbstractIncomingMessage) -> None:
         headers = dict(message.headers or {})
         message_id = message.message_id or ""
-        recipient = _text(headers.get(H_RECIPIENT)) or ""
+        recipient = header_text(headers.get(H_RECIPIENT)) or ""
         reason, error = why(headers)
         bound = log.bind(message_id=message_id, recipient=recipient, reason=reason)
         try:
             fresh = await self.store.record_dead_letter(
                 message_id=message_id, recipient=recipient, reason=reason, error=error,
-                attempts=int(_text(headers.get(H_ATTEMPT)) or 1),
-                first_attempt_at=_instant(headers.get(H_FIRST_ATTEMPT)),
-                last_attempt_at=_instant(headers.get(H_LAST_ATTEMPT)),
+                attempts=_attempts(headers.get(H_ATTEMPT)),
+                first_attempt_at=header_instant(headers.get(H_FIRST_ATTEMPT)),
+                last_attempt_at=header_instant(headers.get(H_LAST_ATTEMPT)),
             )
         except GatewayError as exc:  # the store is away: leave it in the DLQ for later
             bound.warning("dead_letter.deferred", error=exc.detail)

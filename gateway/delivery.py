@@ -109,7 +109,8 @@ def first_delivery_headers(
     return headers
 
 
-def _text(value: Any) -> str | None:
+def header_text(value: Any) -> str | None:
+    """An AMQP header value as text (headers may arrive as bytes)."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value if isinstance(value, str) else None
@@ -118,7 +119,7 @@ def _text(value: Any) -> str | None:
 def message_priority(headers: Mapping[str, Any], body: bytes) -> str:
     """The ``x-lienthong-priority`` header if present, else the envelope's ``header.priority``
     (the AMQP body is the canonical JSON envelope); ``normal`` when neither says."""
-    value = _text(headers.get(H_PRIORITY))
+    value = header_text(headers.get(H_PRIORITY))
     if value:
         return value
     try:
@@ -128,8 +129,8 @@ def message_priority(headers: Mapping[str, Any], body: bytes) -> str:
     return priority if isinstance(priority, str) and priority else Priority.NORMAL.value
 
 
-def _instant(value: Any) -> datetime | None:
-    text = _text(value)
+def header_instant(value: Any) -> datetime | None:
+    text = header_text(value)
     if not text:
         return None
     try:
@@ -141,7 +142,7 @@ def _instant(value: Any) -> datetime | None:
 
 def delivery_age(headers: Mapping[str, Any], now: datetime) -> float:
     """Seconds since the first failed attempt (0 before one, or if the header is unreadable)."""
-    start = _instant(headers.get(H_FIRST_ATTEMPT))
+    start = header_instant(headers.get(H_FIRST_ATTEMPT))
     return 0.0 if start is None else max(0.0, (now - start).total_seconds())
 
 
@@ -379,7 +380,7 @@ class DeliveryWorker:
         headers[H_PRIORITY] = priority
         headers.setdefault(H_FIRST_ATTEMPT, now.isoformat())
         if delivery_age(headers, now) >= self.settings.limits(priority).max_age:
-            last = _text(headers.get(H_ERROR)) or "none"
+            last = header_text(headers.get(H_ERROR)) or "none"
             await self._dead_letter(
                 message, recipient, attempt - 1, "max_age",
                 f"given up while the agency's circuit breaker was open (last error: {last})",
@@ -387,6 +388,16 @@ class DeliveryWorker:
             )
             return
         tier = tier_at_least(self.topology.retry_delays_ms, wait)
+        await self._to_tier(message, recipient, tier, headers)
+        bound.info(
+            "delivery.deferred", reason="circuit_open",
+            delay_ms=self.topology.retry_delays_ms[tier],
+        )
+        await message.ack()
+
+    async def _to_tier(self, message: AbstractIncomingMessage, recipient: str, tier: int,
+                       headers: dict[str, Any]) -> None:
+        """Park the message in a delay tier; it comes back to its own shard after the TTL."""
         await self.broker.publish(
             Outgoing(
                 exchange=self.topology.retry_exchange(tier),
@@ -396,11 +407,6 @@ class DeliveryWorker:
                 headers=headers,
             )
         )
-        bound.info(
-            "delivery.deferred", reason="circuit_open",
-            delay_ms=self.topology.retry_delays_ms[tier],
-        )
-        await message.ack()
 
     async def _retry_or_dead_letter(
         self, message: AbstractIncomingMessage, recipient: str, attempt: int,
@@ -423,15 +429,7 @@ class DeliveryWorker:
         headers[H_PRIORITY] = priority
         headers.setdefault(H_FIRST_ATTEMPT, now.isoformat())
         headers[H_ERROR] = exc.detail[:500]
-        await self.broker.publish(
-            Outgoing(
-                exchange=self.topology.retry_exchange(tier),
-                routing_key=message.routing_key or self.topology.routing_key(recipient),
-                body=message.body,
-                message_id=message.message_id or "",
-                headers=headers,
-            )
-        )
+        await self._to_tier(message, recipient, tier, headers)
         await self.store.record_retry(
             message.message_id or "", recipient, attempt=attempt, error=exc.detail
         )
