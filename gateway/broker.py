@@ -12,6 +12,7 @@ connection re-declares it and re-consumes after a reconnect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -90,6 +91,17 @@ async def declare(channel: AbstractChannel, topology: Topology) -> None:
         ) from exc
 
 
+# Closing talks to the broker; while it is away a robust connection would wait for it to come
+# back, and a SIGTERM during an outage must still end the process.
+CLOSE_TIMEOUT = 5.0
+
+
+async def close_quietly(closing: Awaitable[Any]) -> None:
+    """Await a close (a channel, a connection, a consumer cancel), at most CLOSE_TIMEOUT s."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(closing, CLOSE_TIMEOUT)
+
+
 class Broker:
     """Open with :meth:`open`; publish with confirms; consume with :meth:`consume`."""
 
@@ -110,7 +122,12 @@ class Broker:
             await declare(channel, topology)
             yield cls(connection, channel, topology)
         finally:
-            await connection.close()
+            await close_quietly(connection.close())
+
+    @property
+    def connected(self) -> bool:
+        """False while the robust connection is away (it is not "closed" then)."""
+        return self.connection.connected.is_set()
 
     async def _exchange(self, name: str) -> AbstractExchange:
         exchange = self._exchanges.get(name)
@@ -160,8 +177,8 @@ class Broker:
             await channel.set_qos(prefetch_count=prefetch)
             yield channel
         finally:
-            if not channel.is_closed:
-                await channel.close()
+            if not channel.is_closed and self.connected:
+                await close_quietly(channel.close())
 
 
 async def delete_topology(url: str, topology: Topology) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
-from gateway.broker import Broker
+from gateway.broker import Broker, close_quietly
 from gateway.delivery import (
     H_ATTEMPT,
     H_ERROR,
@@ -64,14 +64,15 @@ class DeadLetterKeeper:
     async def start(self) -> None:
         self._channel_cm = self.broker.consumer_channel(self.prefetch)
         channel = await self._channel_cm.__aenter__()
-        queue = await channel.get_queue(self.broker.topology.dead_queue, ensure=False)
+        # Passive declare, so that the robust channel re-consumes after a reconnect.
+        queue = await channel.declare_queue(self.broker.topology.dead_queue, passive=True)
         self._consumer = (queue, await queue.consume(self.handle))
 
     async def stop(self) -> None:
         if self._consumer is not None:
             queue, tag = self._consumer
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+            if self.broker.connected:
+                await close_quietly(queue.cancel(tag))
             self._consumer = None
         if self._channel_cm is not None:
             await self._channel_cm.__aexit__(None, None, None)

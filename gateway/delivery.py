@@ -77,7 +77,7 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
-from gateway.broker import Broker, Outgoing
+from gateway.broker import Broker, Outgoing, close_quietly
 from gateway.circuit import Breakers, CircuitBreaker, Permit
 from gateway.directory import DeliveryMode, Directory
 from gateway.envelope import Priority
@@ -245,7 +245,10 @@ class DeliveryWorker:
         self._channel_cm = self.broker.consumer_channel(self.settings.prefetch)
         channel = await self._channel_cm.__aenter__()
         for shard in range(self.topology.shards):
-            queue = await channel.get_queue(self.topology.shard_queue(shard), ensure=False)
+            # declare_queue (passive), not get_queue: aio-pika's robust channel restores the
+            # consumers of declared queues only, so after a broker restart a get_queue consumer
+            # would be gone for good (found by the chaos suite).
+            queue = await channel.declare_queue(self.topology.shard_queue(shard), passive=True)
             tag = await queue.consume(self._on_message)
             self._consumers.append((queue, tag))
         log.info("delivery.started", shards=self.topology.shards, prefetch=self.settings.prefetch)
@@ -253,9 +256,8 @@ class DeliveryWorker:
     async def stop(self) -> None:
         """Stop taking messages, let in-flight ones finish (up to drain_timeout), close."""
         self._stopping = True
-        for queue, tag in self._consumers:
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+        if self.broker.connected:  # with the broker away there is nothing to cancel
+            await asyncio.gather(*(close_quietly(q.cancel(tag)) for q, tag in self._consumers))
         self._consumers.clear()
         if self._inflight:
             log.info("delivery.draining", in_flight=len(self._inflight))

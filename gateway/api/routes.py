@@ -298,7 +298,7 @@ async def ready(request: web.Request) -> web.Response:
     except Unavailable as exc:
         checks["store"] = exc.detail
     if BROKER in request.app:
-        checks["broker"] = "ok" if not request.app[BROKER].connection.is_closed else "closed"
+        checks["broker"] = "ok" if request.app[BROKER].connected else "reconnecting"
     ok = all(v == "ok" for v in checks.values())
     return json_response({"status": "ok" if ok else "unavailable", "checks": checks},
                          status=200 if ok else 503)
