@@ -234,6 +234,12 @@ def cmd_audit_verify(settings: Settings, _args: argparse.Namespace) -> int:
     return _run(go())
 
 
+def cmd_chaos(_settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.chaos import main as chaos_main
+
+    return chaos_main(args.chaos_args)
+
+
 def cmd_directory_check(settings: Settings, args: argparse.Namespace) -> int:
     path = Path(args.path) if args.path else settings.directory_path
     directory = load_directory(path, allow_insecure_push=settings.allow_insecure_push)
@@ -325,6 +331,10 @@ def parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
     add("verify", cmd_audit_verify, "check the audit hash chain; name the first broken event",
         audit_sub)
+
+    chaos = add("chaos", cmd_chaos, "kill the broker and the gateway under load; prove nothing "
+                "is lost or delivered twice (options: lienthong chaos -- --help)")
+    chaos.add_argument("chaos_args", nargs=argparse.REMAINDER, help="options of the chaos run")
 
     directory = sub.add_parser("directory", help="the agency directory")
     directory_sub = directory.add_subparsers(dest="action", required=True, metavar="ACTION")
