@@ -237,7 +237,8 @@ def cmd_audit_verify(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_chaos(_settings: Settings, args: argparse.Namespace) -> int:
     from gateway.chaos import main as chaos_main
 
-    return chaos_main(args.chaos_args)
+    rest = list(args.chaos_args)
+    return chaos_main(rest[1:] if rest[:1] == ["--"] else rest)
 
 
 def cmd_directory_check(settings: Settings, args: argparse.Namespace) -> int:
@@ -333,7 +334,7 @@ def parser() -> argparse.ArgumentParser:
         audit_sub)
 
     chaos = add("chaos", cmd_chaos, "kill the broker and the gateway under load; prove nothing "
-                "is lost or delivered twice (options: lienthong chaos -- --help)")
+                "is lost or delivered twice (its options: lienthong chaos --help-run)")
     chaos.add_argument("chaos_args", nargs=argparse.REMAINDER, help="options of the chaos run")
 
     directory = sub.add_parser("directory", help="the agency directory")
@@ -344,6 +345,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["chaos"] and argv[1:2] != ["-h"]:
+        # The chaos run has options of its own: hand them over untouched.
+        from gateway.chaos import main as chaos_main
+
+        rest = argv[1:]
+        return chaos_main(["--help"] if rest == ["--help-run"] else rest)
     args = parser().parse_args(argv)
     try:
         settings = Settings.from_env()
