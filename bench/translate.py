@@ -37,7 +37,7 @@ from gateway.codecs import canonical  # noqa: E402
 from gateway.codecs.edxml import decode_edxml, encode_edxml  # noqa: E402
 from gateway.envelope import DocumentEnvelope  # noqa: E402
 
-SAMPLE = REPO_ROOT.parent / "shared" / "samples" / "edxml" / "edoc_new.edxml"
+SAMPLE = REPO_ROOT / "tests" / "fixtures" / "edxml" / "samples" / "edoc_new.edxml"
 FALLBACK = REPO_ROOT / "tests" / "fixtures" / "edxml" / "edoc_vendor_extensions.edxml"
 
 

@@ -51,7 +51,7 @@ from tests.unit.strategies import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = ROOT.parent / "shared" / "samples" / "edxml"
+SAMPLES = ROOT / "tests" / "fixtures" / "edxml" / "samples"  # copied from shared/samples
 FIXTURES = ROOT / "tests" / "fixtures" / "edxml"
 XSD_FILE = ROOT / "schemas" / "edxml.xsd"
 SCHEMA = etree.XMLSchema(etree.parse(str(XSD_FILE)))

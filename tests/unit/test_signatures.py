@@ -46,7 +46,7 @@ from gateway.signatures import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = ROOT.parent / "shared" / "samples" / "edxml"
+SAMPLES = ROOT / "tests" / "fixtures" / "edxml" / "samples"  # copied from shared/samples
 DSIG = "http://www.w3.org/2000/09/xmldsig#"
 EDXML = "http://www.mic.gov.vn/TBT/QCVN_102_2016"
 NOW = datetime(2025, 6, 2, 9, 30, tzinfo=UTC)

@@ -24,7 +24,7 @@ from gateway.codecs.edxml import (
 from gateway.codecs.xmlsafe import XmlLimits
 from gateway.errors import CodecError, MalformedInput, SchemaViolation
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples" / "edxml"
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "edxml" / "samples"
 NS = "http://www.mic.gov.vn/TBT/QCVN_102_2016"
 ROOT_OPEN = f'<?xml version="1.0" encoding="UTF-8"?>\n<edXML xmlns="{NS}">'.encode()
 
