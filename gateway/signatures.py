@@ -377,17 +377,7 @@ class _Parsed:
 def _parse(data: bytes, limits: XmlLimits) -> _Parsed:
     """xmlsafe.parse's rules, with comments and PIs kept; a document that is hostile raises,
     one that is only not well-formed comes back recovered, with its error."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise _refused("XML must be given as bytes")
-    data = bytes(data)
-    if len(data) > limits.max_bytes:
-        raise _refused(f"{len(data)} bytes, more than the limit of {limits.max_bytes}")
-    if not data.strip():
-        raise MalformedInput(
-            "not well-formed XML: the document is empty",
-            errors=[FieldError("", "line 1: the document is empty")],
-        )
-    xmlsafe.check_prolog(data)  # no DOCTYPE, no UTF-16/32: before the parser sees a byte
+    data = xmlsafe.check_input(data, limits)  # no DOCTYPE, no UTF-16/32, size: first
     parser = _parser()
     error: str | None = None
     try:

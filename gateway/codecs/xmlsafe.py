@@ -94,6 +94,23 @@ def _refuse(detail: str, *, line: int | None = None, path: str = "") -> Malforme
     )
 
 
+def check_input(data: object, limits: XmlLimits) -> bytes:
+    """What every parse checks before the parser sees a byte: bytes, within the size limit,
+    not empty, and a prolog without DOCTYPE or UTF-16/32. Returns the bytes."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise _refuse("XML must be given as bytes")
+    data = bytes(data)
+    if len(data) > limits.max_bytes:
+        raise _refuse(f"{len(data)} bytes, more than the limit of {limits.max_bytes}")
+    if not data.strip():
+        raise MalformedInput(
+            "not well-formed XML: the document is empty",
+            errors=[FieldError("", "line 1: the document is empty")],
+        )
+    check_prolog(data)
+    return data
+
+
 def _line_of(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
@@ -263,17 +280,7 @@ def parse(
     fails and ``recover_if(error)`` is true, the document is parsed again in libxml2's recover
     mode (still without DTDs, entities or network) and the caller must check the result.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise _refuse("XML must be given as bytes")
-    data = bytes(data)
-    if len(data) > limits.max_bytes:
-        raise _refuse(f"{len(data)} bytes, more than the limit of {limits.max_bytes}")
-    if not data.strip():
-        raise MalformedInput(
-            "not well-formed XML: the document is empty",
-            errors=[FieldError("", "line 1: the document is empty")],
-        )
-    check_prolog(data)
+    data = check_input(data, limits)
     try:
         root = etree.fromstring(data, _cached_parser(False))
     except etree.XMLSyntaxError:
