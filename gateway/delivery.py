@@ -79,7 +79,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from gateway.broker import Broker, Outgoing, close_quietly
 from gateway.circuit import Breakers, CircuitBreaker, Permit
-from gateway.directory import DeliveryMode, Directory
+from gateway.codecs import decode, encode_edxml
+from gateway.directory import DeliveryMode, Directory, WireFormat
 from gateway.envelope import Priority
 from gateway.errors import GatewayError, PermanentFailure, RetryLater
 from gateway.settings import Settings
@@ -179,6 +180,16 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def wire_body(wire: WireFormat, canonical: bytes) -> tuple[bytes, str]:
+    """The body in the format the agency's system speaks (its directory entry says which)."""
+    if wire is WireFormat.EDXML:
+        try:
+            return encode_edxml(decode(canonical)), "application/xml"
+        except GatewayError as exc:
+            raise PermanentFailure(f"cannot write this message as edXML: {exc.detail}") from exc
+    return canonical, "application/json"
+
+
 async def push(
     session: aiohttp.ClientSession,
     endpoint: str,
@@ -188,10 +199,11 @@ async def push(
     sender: str,
     attempt: int,
     timeout: float,
+    content_type: str = "application/json",
 ) -> None:
     """POST one envelope to an agency's endpoint; map the outcome onto the error tree."""
     headers = {
-        "Content-Type": "application/json",
+        "Content-Type": content_type,
         "X-Lienthong-Message-Id": message_id,
         "X-Lienthong-Sender": sender,
         "X-Lienthong-Attempt": str(attempt),
@@ -332,9 +344,11 @@ class DeliveryWorker:
             if push_to and breaker is not None and permit is not None:
                 sender = str(headers.get(H_SENDER, ""))
                 try:
+                    body, content_type = wire_body(agency.format, message.body)
                     await push(
-                        self.http, push_to, message.body, message_id=message_id,
+                        self.http, push_to, body, message_id=message_id,
                         sender=sender, attempt=attempt, timeout=self.settings.push_timeout,
+                        content_type=content_type,
                     )
                 except RetryLater:
                     if breaker.failure(permit):

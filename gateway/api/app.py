@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from adapters.document_management import routes as edxml_routes
 from gateway.api.auth import auth_middleware
 from gateway.api.keys import SETTINGS
 from gateway.api.ops import routes as ops_routes
@@ -20,4 +21,5 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app.add_routes(routes)
     app.add_routes(ops_routes)
+    app.add_routes(edxml_routes)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -13,8 +14,9 @@ from aiohttp import web
 
 from gateway.api.keys import AGENCY, BROKER, DIRECTORY, RELAY, STORE
 from gateway.codecs import decode, encode
-from gateway.envelope import StatusEnvelope, stamp
+from gateway.envelope import AnyEnvelope, StatusEnvelope, stamp
 from gateway.errors import (
+    Conflict,
     FieldError,
     Forbidden,
     MalformedInput,
@@ -45,7 +47,7 @@ def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | Non
     )
 
 
-def _message_id(request: web.Request) -> str:
+def message_id_param(request: web.Request) -> str:
     raw = request.match_info["id"]
     try:
         return str(uuid.UUID(raw))
@@ -79,7 +81,16 @@ def _accepted_body(accepted: Accepted) -> dict[str, Any]:
 
 @routes.post("/api/v1/messages")
 async def post_message(request: web.Request) -> web.Response:
-    """Accept one envelope: authorise, resolve, persist with its outbox, publish, answer 202."""
+    """Accept one JSON envelope."""
+    return await ingest(request, decode, sender_at="/header/sender")
+
+
+async def ingest(
+    request: web.Request, decoder: Callable[[bytes], AnyEnvelope], *, sender_at: str
+) -> web.Response:
+    """Accept one message in any wire format: decode, authorise, resolve, persist with its
+    outbox, publish, answer 202. A repeated Idempotency-Key, or a repeated message id (an
+    edXML DocumentId) from the same sender with the same bytes, returns the first answer."""
     agency: str = request[AGENCY]
     store = request.app[STORE]
     key = _idempotency_key(request)
@@ -92,13 +103,20 @@ async def post_message(request: web.Request) -> web.Response:
             if first_hash != request_hash:
                 raise IdempotencyKeyReused()
             return _accepted_response(accepted)
-    envelope = decode(body)
+    envelope = decoder(body)
     header = envelope.header
     if header.sender != agency:
         raise Forbidden(
             f"agency {agency} cannot send as {header.sender}",
-            errors=[FieldError("/header/sender", "must be the calling agency")],
+            errors=[FieldError(sender_at, "must be the calling agency")],
         )
+    if header.id is not None:
+        earlier = await store.find_message(agency, str(header.id))
+        if earlier is not None:
+            accepted, first_hash = earlier
+            if first_hash != request_hash:
+                raise Conflict(f"message {header.id} was already sent with other content")
+            return _accepted_response(accepted)
     directory = request.app[DIRECTORY]
     resolution = directory.resolve(header.to, sender=agency)
     about: str | None = None
@@ -189,7 +207,7 @@ def _message_view(row: MessageRow, agency: str) -> dict[str, Any]:
 async def _visible_message(request: web.Request) -> tuple[str, MessageRow]:
     """The message of the path, if the caller is its sender or one of its recipients."""
     agency: str = request[AGENCY]
-    row = await request.app[STORE].message(_message_id(request))
+    row = await request.app[STORE].message(message_id_param(request))
     if agency != row.sender and agency not in {r.agency for r in row.recipients}:
         raise Forbidden(f"agency {agency} is neither the sender nor a recipient of {row.id}")
     return agency, row
@@ -269,7 +287,7 @@ async def get_inbox(request: web.Request) -> web.Response:
 async def ack_inbox(request: web.Request) -> web.Response:
     """The calling agency has read the message: its sender sees ``read``. Idempotent."""
     agency: str = request[AGENCY]
-    message_id = _message_id(request)
+    message_id = message_id_param(request)
     store = request.app[STORE]
     try:
         acked_at = await store.ack(agency, message_id)

@@ -317,6 +317,11 @@ class Store:
         async with self.read() as conn:
             return await _find_idempotent(conn, sender, key)
 
+    async def find_message(self, sender: str, message_id: str) -> tuple[Accepted, str] | None:
+        """The first answer for a message id the sender already used, with its request hash."""
+        async with self.read() as conn:
+            return await _find_by(conn, messages.c.id == message_id, messages.c.sender == sender)
+
     async def accept(
         self,
         *,
@@ -777,10 +782,15 @@ async def _take_open(
 async def _find_idempotent(
     conn: AsyncConnection, sender: str, key: str
 ) -> tuple[Accepted, str] | None:
+    return await _find_by(conn, messages.c.sender == sender, messages.c.idempotency_key == key)
+
+
+async def _find_by(conn: AsyncConnection, *where: Any) -> tuple[Accepted, str] | None:
+    """The first answer (as a replay) for the message that matches, with its request hash."""
     row = (
         await conn.execute(
             sa.select(messages.c.id, messages.c.accepted_at, messages.c.request_hash).where(
-                messages.c.sender == sender, messages.c.idempotency_key == key
+                *where
             )
         )
     ).first()
