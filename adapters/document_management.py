@@ -13,11 +13,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api.keys import AGENCY, STORE
-from gateway.api.routes import ingest, message_id_param
+from gateway.api.routes import ingest, visible_message
 from gateway.codecs import decode, decode_edxml, encode_edxml
 from gateway.envelope import AnyEnvelope
-from gateway.errors import Forbidden
 
 routes = web.RouteTableDef()
 
@@ -45,9 +43,6 @@ async def post_edxml(request: web.Request) -> web.Response:
 @routes.get("/api/v1/edxml/messages/{id}")
 async def get_edxml(request: web.Request) -> web.Response:
     """A message as an edXML package, for its sender or one of its recipients."""
-    agency: str = request[AGENCY]
-    row = await request.app[STORE].message(message_id_param(request))
-    if agency != row.sender and agency not in {r.agency for r in row.recipients}:
-        raise Forbidden(f"agency {agency} is neither the sender nor a recipient of {row.id}")
+    _agency, row = await visible_message(request)
     return web.Response(body=EDXML.encode(decode(row.envelope)),
                         content_type=EDXML.media_type, charset="utf-8")

@@ -348,21 +348,6 @@ def check_registered(registered: Mapping[str, Sequence[bytes]]) -> None:
 
 
 # -- parsing ----------------------------------------------------------------------------------
-def _parser(*, recover: bool = False) -> etree.XMLParser:
-    # xmlsafe.safe_parser's settings, but comments and PIs kept (C14N may sign them).
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_comments=False,
-        remove_pis=False,
-        collect_ids=False,
-        recover=recover,
-    )
-
-
 def _refused(detail: str) -> MalformedInput:
     return MalformedInput(f"refused XML: {detail}", errors=[FieldError("", detail)])
 
@@ -378,13 +363,13 @@ def _parse(data: bytes, limits: XmlLimits) -> _Parsed:
     """xmlsafe.parse's rules, with comments and PIs kept; a document that is hostile raises,
     one that is only not well-formed comes back recovered, with its error."""
     data = xmlsafe.check_input(data, limits)  # no DOCTYPE, no UTF-16/32, size: first
-    parser = _parser()
+    parser = xmlsafe.safe_parser(keep_comments=True)
     error: str | None = None
     try:
         root = etree.fromstring(data, parser)
     except etree.XMLSyntaxError as exc:
         malformed = xmlsafe.syntax_error(exc, data)
-        parser = _parser(recover=True)
+        parser = xmlsafe.safe_parser(recover=True, keep_comments=True)
         try:
             recovered: etree._Element | None = etree.fromstring(data, parser)
         except etree.XMLSyntaxError:

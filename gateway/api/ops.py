@@ -56,8 +56,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     if state not in {"dead", "replayed", "discarded", "any"}:
         raise SchemaViolation("state must be dead, replayed, discarded or any",
                               errors=[FieldError("query:state", "dead|replayed|discarded|any")])
-    where = DeadLetterFilter(where.ids, where.agency, where.reason, where.older_than,
-                             None if state == "any" else state)
+    where = dataclasses.replace(where, state=None if state == "any" else state)
     after = int_param(request, "after", 0, 0, 2**62)
     limit = int_param(request, "limit", 100, 1, 1000)
     rows = await request.app[STORE].dead_letters(where, after=after, limit=limit)

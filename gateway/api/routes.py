@@ -204,7 +204,7 @@ def _message_view(row: MessageRow, agency: str) -> dict[str, Any]:
     }
 
 
-async def _visible_message(request: web.Request) -> tuple[str, MessageRow]:
+async def visible_message(request: web.Request) -> tuple[str, MessageRow]:
     """The message of the path, if the caller is its sender or one of its recipients."""
     agency: str = request[AGENCY]
     row = await request.app[STORE].message(message_id_param(request))
@@ -216,7 +216,7 @@ async def _visible_message(request: web.Request) -> tuple[str, MessageRow]:
 @routes.get("/api/v1/messages/{id}")
 async def get_message(request: web.Request) -> web.Response:
     """The message and its per-recipient state, for its sender (all) or a recipient (its own)."""
-    agency, row = await _visible_message(request)
+    agency, row = await visible_message(request)
     return json_response(_message_view(row, agency))
 
 
@@ -224,7 +224,7 @@ async def get_message(request: web.Request) -> web.Response:
 async def get_trace(request: web.Request) -> web.Response:
     """The message's timeline from the audit trail: its sender sees every event, a recipient
     the acceptance and the events about itself."""
-    agency, row = await _visible_message(request)
+    agency, row = await visible_message(request)
     events = await request.app[STORE].events(row.id)
     if agency != row.sender:
         events = [e for e in events if e["event"] == "accepted" or e["agency"] == agency]

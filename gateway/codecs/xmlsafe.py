@@ -61,16 +61,19 @@ DEFAULT_LIMITS = XmlLimits()
 _local = threading.local()
 
 
-def safe_parser(*, recover: bool = False, target: Any = None) -> etree.XMLParser:
-    """An lxml parser that never resolves entities, loads a DTD or touches the network."""
+def safe_parser(
+    *, recover: bool = False, target: Any = None, keep_comments: bool = False
+) -> etree.XMLParser:
+    """An lxml parser that never resolves entities, loads a DTD or touches the network.
+    ``keep_comments`` keeps comments and PIs (a signature's C14N may cover them)."""
     return etree.XMLParser(
         resolve_entities=False,
         no_network=True,
         load_dtd=False,
         dtd_validation=False,
         huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
+        remove_comments=not keep_comments,
+        remove_pis=not keep_comments,
         collect_ids=False,
         recover=recover,
         target=target,
