@@ -69,8 +69,9 @@ import asyncio
 import contextlib
 import email.utils
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -80,7 +81,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from gateway.broker import Broker, Outgoing, close_quietly
 from gateway.circuit import Breakers, CircuitBreaker, Permit
 from gateway.codecs import decode, encode_edxml
-from gateway.directory import DeliveryMode, Directory, WireFormat
+from gateway.directory import Agency, DeliveryMode, Directory, WireFormat
 from gateway.envelope import Priority
 from gateway.errors import GatewayError, PermanentFailure, RetryLater
 from gateway.settings import Settings
@@ -225,6 +226,44 @@ async def push(
     raise PermanentFailure(f"push answered HTTP {status}")
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message for one recipient, as a transport needs it."""
+
+    message_id: str
+    sender: str
+    attempt: int
+    body: bytes  # the canonical JSON envelope; a transport translates it for its system
+
+
+class Transport(Protocol):
+    """How a message reaches an agency that does not read its inbox through the API (push,
+    the central hub, its own AMQP queue). ``send`` returns once the other side has it, or
+    raises :class:`RetryLater` (worth another attempt) or :class:`PermanentFailure`; it may be
+    called again for a message it already sent (a crash before the commit), with the same
+    message id for the other side to deduplicate."""
+
+    async def send(self, agency: Agency, delivery: Delivery) -> None: ...
+
+
+class HttpPush:
+    """Push mode: POST to the agency's endpoint, in the format its directory entry names."""
+
+    def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
+        self.session = session
+        self.timeout = timeout
+
+    async def send(self, agency: Agency, delivery: Delivery) -> None:
+        if agency.endpoint is None:
+            raise PermanentFailure(f"agency {agency.code} has no push endpoint")
+        body, content_type = wire_body(agency.format, delivery.body)
+        await push(
+            self.session, agency.endpoint, body, message_id=delivery.message_id,
+            sender=delivery.sender, attempt=delivery.attempt, timeout=self.timeout,
+            content_type=content_type,
+        )
+
+
 class DeliveryWorker:
     """Consumes every shard queue on one channel; :meth:`stop` drains what is in flight."""
 
@@ -236,8 +275,12 @@ class DeliveryWorker:
         directory: Directory,
         settings: Settings,
         http: aiohttp.ClientSession,
+        transports: Mapping[DeliveryMode, Transport] | None = None,
     ) -> None:
         self.store = store
+        self.transports: dict[DeliveryMode, Transport] = {
+            DeliveryMode.PUSH: HttpPush(http, settings.push_timeout), **(transports or {})
+        }
         self.broker = broker
         self.directory = directory
         self.settings = settings
@@ -322,7 +365,12 @@ class DeliveryWorker:
             agency = self.directory.agencies.get(recipient)
             if agency is None:
                 raise PermanentFailure(f"recipient {recipient} is not in the directory")
-            push_to = agency.endpoint if agency.mode is DeliveryMode.PUSH else None
+            transport = None
+            if agency.mode is not DeliveryMode.PULL:
+                transport = self.transports.get(agency.mode)
+                if transport is None:
+                    raise PermanentFailure(f"no {agency.mode.value} transport is configured")
+            push_to = transport is not None
             if push_to:
                 # Before the store is read: a message for an agency that is down costs no I/O
                 # but its republishing.
@@ -341,14 +389,11 @@ class DeliveryWorker:
                 bound.info("delivery.duplicate_absorbed", state=state)
                 await message.ack()
                 return
-            if push_to and breaker is not None and permit is not None:
+            if transport is not None and breaker is not None and permit is not None:
                 sender = str(headers.get(H_SENDER, ""))
                 try:
-                    body, content_type = wire_body(agency.format, message.body)
-                    await push(
-                        self.http, push_to, body, message_id=message_id,
-                        sender=sender, attempt=attempt, timeout=self.settings.push_timeout,
-                        content_type=content_type,
+                    await transport.send(
+                        agency, Delivery(message_id, sender, attempt, message.body)
                     )
                 except RetryLater:
                     if breaker.failure(permit):

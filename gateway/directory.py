@@ -8,6 +8,7 @@ is an edit of the file, not of the code. Credentials are not here: they live has
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -20,11 +21,14 @@ import yaml
 
 from gateway.envelope import AGENCY_CODE_RE, AgencyAddress, SubtreeAddress
 from gateway.errors import DirectoryError, FieldError, UnprocessableRequest
+from gateway.signatures import SignaturePolicy
 
 
 class DeliveryMode(enum.StrEnum):
     PUSH = "push"  # the gateway POSTs to the agency's HTTPS endpoint
     PULL = "pull"  # the agency reads its inbox through the API
+    HUB = "hub"  # reached through the central document hub (Trục liên thông văn bản quốc gia)
+    AMQP = "amqp"  # the agency consumes its own queue with its own RabbitMQ user
 
 
 class WireFormat(enum.StrEnum):
@@ -49,6 +53,8 @@ class Agency:
     endpoint: str | None = None
     format: WireFormat = WireFormat.JSON
     successor: str | None = None  # the agency that took over after a merger (cơ quan kế thừa)
+    signature_policy: SignaturePolicy | None = None  # None: the gateway's default policy
+    certificates: tuple[str, ...] = ()  # PEM files of the agency's signing certificates
 
     @property
     def active(self) -> bool:
@@ -223,7 +229,7 @@ def _parse_levels(raw: Any) -> tuple[Level, ...]:
     return tuple(levels)
 
 
-_AGENCY_KEYS = {"code", "name", "level", "parent", "delivery", "format", "successor"}
+_AGENCY_KEYS = {"code", "name", "level", "parent", "delivery", "format", "successor", "signature"}
 
 
 def _parse_agency(
@@ -268,6 +274,7 @@ def _parse_agency(
             raise DirectoryError(f"{where}: push delivery needs an https:// endpoint")
     elif endpoint is not None:
         raise DirectoryError(f"{where}: an endpoint is only for push delivery")
+    policy, certificates = _parse_signature(where, raw.get("signature"))
     return Agency(
         code=code,
         name=name.strip(),
@@ -277,7 +284,32 @@ def _parse_agency(
         endpoint=str(endpoint) if endpoint else None,
         format=wire,
         successor=successor,
+        signature_policy=policy,
+        certificates=certificates,
     )
+
+
+def _parse_signature(where: str, raw: Any) -> tuple[SignaturePolicy | None, tuple[str, ...]]:
+    """``signature: {policy: require, certificates: [certs/h57.pem]}`` (both optional)."""
+    if raw is None:
+        return None, ()
+    if not isinstance(raw, Mapping) or set(raw) - {"policy", "certificates"}:
+        raise DirectoryError(f"{where}: signature takes only 'policy' and 'certificates'")
+    policy = None
+    if raw.get("policy") is not None:
+        try:
+            policy = SignaturePolicy(raw["policy"])
+        except ValueError:
+            known = ", ".join(p.value for p in SignaturePolicy)
+            raise DirectoryError(
+                f"{where}: unknown signature policy {raw['policy']!r} (known: {known})"
+            ) from None
+    certificates = raw.get("certificates") or []
+    if not isinstance(certificates, list) or not all(
+        isinstance(c, str) and c for c in certificates
+    ):
+        raise DirectoryError(f"{where}: signature certificates must be a list of PEM file paths")
+    return policy, tuple(certificates)
 
 
 def _check_no_cycle(where: str, code: str, agencies: Mapping[str, Agency]) -> None:
@@ -295,10 +327,7 @@ def with_endpoint(directory: Directory, code: str, endpoint: str) -> Directory:
     """A copy where ``code`` is pushed to ``endpoint`` (the demo serves its own endpoint)."""
     agencies = dict(directory.agencies)
     old = agencies[code]
-    agencies[code] = Agency(
-        old.code, old.name, old.level, old.parent, DeliveryMode.PUSH, endpoint, old.format,
-        old.successor,
-    )
+    agencies[code] = dataclasses.replace(old, mode=DeliveryMode.PUSH, endpoint=endpoint)
     return Directory(directory.levels, agencies, directory.children)
 
 

@@ -1,8 +1,8 @@
 """The Envelope: the one canonical, typed, versioned model every wire format is translated into.
 
 Pure values, no I/O. An envelope is ``{"version", "kind", "header", "body"}``; ``kind`` picks the
-body model (``document``: văn bản; ``status``: trạng thái; ``dossier``: hồ sơ, reserved for the
-dossier issue). Version ``1.0``: a later incompatible change gets a new version and a new model,
+body model (``document``: văn bản; ``status``: trạng thái; ``dossier``: hồ sơ thủ tục hành
+chính). Version ``1.0``: a later incompatible change gets a new version and a new model,
 and the codec accepts both while systems migrate.
 """
 
@@ -50,7 +50,7 @@ LongText = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
 class Kind(enum.StrEnum):
     DOCUMENT = "document"
     STATUS = "status"
-    DOSSIER = "dossier"  # reserved: the dossier hand-over issue adds its body
+    DOSSIER = "dossier"
 
 
 class Priority(enum.StrEnum):
@@ -163,8 +163,28 @@ class Signer(_Model):
     position: ShortText | None = None
 
 
+class Operation(enum.StrEnum):
+    """What a document package does (edXML ``Bussiness/BussinessDocType``)."""
+
+    NEW = "new"  # 0: văn bản mới
+    RECALL = "recall"  # 1: thu hồi
+    UPDATE = "update"  # 2: cập nhật
+    REPLACE = "replace"  # 3: thay thế
+
+
+#: The identity of a document across its versions (edXML ``DocumentId``), conventionally
+#: ``{OrganId},{yyyy/MM/dd},{number}/{notation}``; any printable text up to 255 characters.
+DocumentKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+
+
 class DocumentBody(_Model):
-    """An official document (văn bản): number and notation, type, subject, signer..."""
+    """An official document (văn bản): number and notation, type, subject, signer...
+
+    ``document_id`` names the document across its versions: a recall or an update carries the
+    original's ``document_id`` and goes to the original's recipients; a replacement names the
+    documents it replaces in ``replaces``."""
 
     number: Annotated[str, StringConstraints(min_length=1, max_length=32)]  # số
     notation: Annotated[str, StringConstraints(min_length=1, max_length=64)]  # ký hiệu
@@ -174,9 +194,32 @@ class DocumentBody(_Model):
     signer: Signer | None = None
     content: Annotated[str, StringConstraints(max_length=100_000)] | None = None
     attachments: list[Attachment] = Field(default_factory=list, max_length=100)
+    document_id: DocumentKey | None = Field(
+        default=None, description="Mã văn bản (edXML DocumentId): the document across versions"
+    )
+    operation: Operation = Operation.NEW
+    operation_reason: LongText | None = Field(
+        default=None, description="Lý do thu hồi / cập nhật / thay thế (BussinessDocReason)"
+    )
+    replaces: list[DocumentKey] = Field(
+        default_factory=list, max_length=50, description="document_id of each replaced document"
+    )
+    to_places: list[ShortText] = Field(
+        default_factory=list, max_length=100, description="Nơi nhận as printed (ToPlaces/Place)"
+    )
     extra: dict[ShortText, Annotated[str, StringConstraints(max_length=4000)]] = Field(
         default_factory=dict, max_length=50, description="Fields of other systems, kept verbatim"
     )
+
+    @model_validator(mode="after")
+    def _operation_targets(self) -> DocumentBody:
+        if self.operation in {Operation.RECALL, Operation.UPDATE} and self.document_id is None:
+            raise ValueError(f"a {self.operation.value} needs the document_id of its document")
+        if self.operation is Operation.REPLACE and not self.replaces:
+            raise ValueError("a replace needs the document_id of each document it replaces")
+        if self.operation is not Operation.REPLACE and self.replaces:
+            raise ValueError("replaces is only for operation replace")
+        return self
 
 
 class StatusBody(_Model):
@@ -195,6 +238,90 @@ class StatusBody(_Model):
         return self
 
 
+class DossierStatus(enum.IntEnum):
+    """TrangThaiHoSo of the national public-service portal (Cổng Dịch vụ công quốc gia)."""
+
+    REGISTERED = 1  # mới đăng ký
+    ACCEPTED = 2  # được tiếp nhận
+    NOT_ACCEPTED = 3  # không được tiếp nhận
+    PROCESSING = 4  # đang xử lý
+    AWAITING_SUPPLEMENT = 5  # chờ bổ sung
+    AWAITING_FEES = 6  # chờ thực hiện nghĩa vụ tài chính
+    WITHDRAWN = 7  # công dân yêu cầu rút hồ sơ
+    STOPPED = 8  # dừng xử lý
+    PROCESSED = 9  # đã xử lý xong
+    RETURNED_RESULT = 10  # đã trả kết quả
+
+
+class ApplicantKind(enum.StrEnum):
+    CITIZEN = "citizen"  # công dân
+    ORGANISATION = "organisation"  # tổ chức, doanh nghiệp
+
+
+Email = Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]
+
+
+class Applicant(_Model):
+    """Chủ hồ sơ. Personal data: stored with the dossier, never logged."""
+
+    kind: ApplicantKind = ApplicantKind.CITIZEN
+    name: ShortText
+    identity: Annotated[str, StringConstraints(pattern=r"^[0-9A-Z]{6,20}$")] | None = Field(
+        default=None, description="Số CCCD / CMND / hộ chiếu, or the organisation's tax code"
+    )
+    address: LongText | None = None
+    phone: Annotated[str, StringConstraints(pattern=r"^\+?[0-9 .-]{6,20}$")] | None = None
+    email: Email | None = None
+
+
+class DossierStep(_Model):
+    """One step of a dossier's route: the agency that holds it and its working days."""
+
+    agency: AgencyCode
+    working_days: float = Field(gt=0, le=365, description="Số ngày làm việc of this step")
+    name: ShortText | None = None
+
+
+#: Mã hồ sơ as real systems write it: receiving agency, ``yymmdd``, sequence.
+DOSSIER_CODE_RE = re.compile(r"^\d{3}\.\d{2}\.\d{2}\.[A-Z]\d{2}-\d{6}-\d{4,6}$")
+DossierCode = Annotated[str, StringConstraints(pattern=DOSSIER_CODE_RE.pattern)]
+#: Mã thủ tục hành chính, e.g. ``1.001612.000.00.00.H57`` or the national ``1.001612``.
+ProcedureCode = Annotated[
+    str, StringConstraints(pattern=r"^\d\.\d{6}(\.\d{3}\.\d{2}\.\d{2}\.[A-Z]\d{2})?$")
+]
+
+
+class DossierBody(_Model):
+    """An administrative dossier (hồ sơ thủ tục hành chính) as it stands when this message is
+    sent: what it is, who applied, where it was received, its route and where it is now."""
+
+    code: DossierCode  # mã hồ sơ
+    procedure_code: ProcedureCode  # mã thủ tục hành chính
+    procedure_name: LongText  # tên thủ tục hành chính
+    applicant: Applicant  # chủ hồ sơ
+    receiving_agency: AgencyCode  # cơ quan tiếp nhận
+    received_at: Instant  # ngày tiếp nhận
+    appointment_at: Instant  # ngày hẹn trả
+    status: DossierStatus = DossierStatus.ACCEPTED  # TrangThaiHoSo
+    route: list[DossierStep] = Field(default_factory=list, max_length=20)
+    current_step: int = Field(default=0, ge=0, description="Index into route")
+    attachments: list[Attachment] = Field(default_factory=list, max_length=100)
+    comment: LongText | None = None
+    fields: dict[ShortText, Annotated[str, StringConstraints(max_length=4000)]] = Field(
+        default_factory=dict, max_length=100, description="Free fields a procedure needs"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DossierBody:
+        if self.appointment_at < self.received_at:
+            raise ValueError("appointment_at (ngày hẹn trả) is before received_at")
+        if self.route and self.current_step >= len(self.route):
+            raise ValueError(f"current_step {self.current_step} is past the route's end")
+        if not self.code.startswith(self.receiving_agency):
+            raise ValueError("the dossier code starts with the receiving agency's code")
+        return self
+
+
 class DocumentEnvelope(_Model):
     version: Literal["1.0"] = "1.0"
     kind: Literal["document"]
@@ -209,8 +336,17 @@ class StatusEnvelope(_Model):
     body: StatusBody
 
 
-Envelope = Annotated[DocumentEnvelope | StatusEnvelope, Field(discriminator="kind")]
-AnyEnvelope = DocumentEnvelope | StatusEnvelope
+class DossierEnvelope(_Model):
+    version: Literal["1.0"] = "1.0"
+    kind: Literal["dossier"]
+    header: Header
+    body: DossierBody
+
+
+Envelope = Annotated[
+    DocumentEnvelope | StatusEnvelope | DossierEnvelope, Field(discriminator="kind")
+]
+AnyEnvelope = DocumentEnvelope | StatusEnvelope | DossierEnvelope
 ENVELOPE: TypeAdapter[AnyEnvelope] = TypeAdapter(Envelope)
 
 

@@ -1393,6 +1393,11 @@ class _Sink(Protocol):
 
 def encode_edxml(envelope: AnyEnvelope, *, gateway_extension: bool = True) -> bytes:
     """The edXML package of ``envelope``: a document package or a status package."""
+    if not isinstance(envelope, DocumentEnvelope | StatusEnvelope):
+        raise SchemaViolation(
+            f"edXML has no package for a {envelope.kind} envelope",
+            errors=[FieldError("/kind", "edXML carries documents and statuses only")],
+        )
     package = carried(envelope)
     ext: dict[str, dict[str, Any]] = {"header": {}, "body": {}}
     envelope_d = _sub(package, "edXMLEnvelope")

@@ -167,10 +167,10 @@ def test_known_document_encodes_to_exact_bytes() -> None:
         encode(envelope)
         == (
             '{"body":{"attachments":[],"extra":{},"notation":"UBND-VP","number":"125",'
-            '"promulgation":{"date":"2024-05-01","place":"Huế"},'
-            '"signer":{"name":"Nguyễn Văn An","position":"Chủ tịch"},'
+            '"operation":"new","promulgation":{"date":"2024-05-01","place":"Huế"},'
+            '"replaces":[],"signer":{"name":"Nguyễn Văn An","position":"Chủ tịch"},'
             '"subject":"Về việc triển khai dịch vụ công trực tuyến toàn trình",'
-            '"type":{"code":"CV","name":"Công văn"}},'
+            '"to_places":[],"type":{"code":"CV","name":"Công văn"}},'
             '"header":{"priority":"urgent","references":[],"sender":"000.00.00.H57",'
             '"to":[{"agency":"000.00.31.H57"},'
             '{"include_self":false,"level":"district","under":"000.00.00.H57"}],"trace":[]},'
