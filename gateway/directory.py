@@ -29,6 +29,7 @@ class DeliveryMode(enum.StrEnum):
     PULL = "pull"  # the agency reads its inbox through the API
     HUB = "hub"  # reached through the central document hub (Trục liên thông văn bản quốc gia)
     AMQP = "amqp"  # the agency consumes its own queue with its own RabbitMQ user
+    PORTAL = "portal"  # a public-service portal: dossier progress pushed to its endpoint
 
 
 class WireFormat(enum.StrEnum):
@@ -265,15 +266,15 @@ def _parse_agency(
     except (ValueError, AttributeError) as exc:
         raise DirectoryError(f"{where}: {exc}") from None
     endpoint = delivery.get("endpoint")
-    if mode is DeliveryMode.PUSH:
+    if mode in {DeliveryMode.PUSH, DeliveryMode.PORTAL}:
         parts = urlsplit(str(endpoint or ""))
         secure = parts.scheme == "https" or (
             parts.scheme == "http" and (allow_insecure_push or _is_loopback(parts.hostname))
         )
         if not parts.hostname or not secure:
-            raise DirectoryError(f"{where}: push delivery needs an https:// endpoint")
+            raise DirectoryError(f"{where}: {mode.value} delivery needs an https:// endpoint")
     elif endpoint is not None:
-        raise DirectoryError(f"{where}: an endpoint is only for push delivery")
+        raise DirectoryError(f"{where}: an endpoint is only for push and portal delivery")
     policy, certificates = _parse_signature(where, raw.get("signature"))
     return Agency(
         code=code,

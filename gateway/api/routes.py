@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -12,26 +11,23 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway.api.keys import AGENCY, BROKER, DIRECTORY, RELAY, STORE
-from gateway.codecs import decode, encode
-from gateway.envelope import AnyEnvelope, StatusEnvelope, stamp
+from gateway.api.keys import AGENCY, BROKER, STORE
+from gateway.codecs import decode
+from gateway.envelope import AnyEnvelope
 from gateway.errors import (
-    Conflict,
     FieldError,
     Forbidden,
     MalformedInput,
     NotFound,
     SchemaViolation,
     Unavailable,
-    UnprocessableRequest,
 )
+from gateway.ingress import Check, admit
 from gateway.store.store import (
     Accepted,
-    IdempotencyKeyReused,
     InboxEntry,
     MessageRow,
     RecipientRow,
-    utcnow,
 )
 
 log = structlog.get_logger(__name__)
@@ -86,69 +82,20 @@ async def post_message(request: web.Request) -> web.Response:
 
 
 async def ingest(
-    request: web.Request, decoder: Callable[[bytes], AnyEnvelope], *, sender_at: str
+    request: web.Request,
+    decoder: Callable[[bytes], AnyEnvelope],
+    *,
+    sender_at: str,
+    check: Check | None = None,
 ) -> web.Response:
-    """Accept one message in any wire format: decode, authorise, resolve, persist with its
-    outbox, publish, answer 202. A repeated Idempotency-Key, or a repeated message id (an
-    edXML DocumentId) from the same sender with the same bytes, returns the first answer."""
-    agency: str = request[AGENCY]
-    store = request.app[STORE]
+    """Accept one message in any wire format through :func:`gateway.ingress.admit`; answer
+    202, or the first answer again for a repeated Idempotency-Key or message id."""
     key = _idempotency_key(request)
     body = await request.read()
-    request_hash = hashlib.sha256(body).hexdigest()
-    if key is not None:
-        found = await store.find_idempotent(agency, key)
-        if found is not None:
-            accepted, first_hash = found
-            if first_hash != request_hash:
-                raise IdempotencyKeyReused()
-            return _accepted_response(accepted)
-    envelope = decoder(body)
-    header = envelope.header
-    if header.sender != agency:
-        raise Forbidden(
-            f"agency {agency} cannot send as {header.sender}",
-            errors=[FieldError(sender_at, "must be the calling agency")],
-        )
-    if header.id is not None:
-        earlier = await store.find_message(agency, str(header.id))
-        if earlier is not None:
-            accepted, first_hash = earlier
-            if first_hash != request_hash:
-                raise Conflict(f"message {header.id} was already sent with other content")
-            return _accepted_response(accepted)
-    directory = request.app[DIRECTORY]
-    resolution = directory.resolve(header.to, sender=agency)
-    about: str | None = None
-    status_code: str | None = None
-    if isinstance(envelope, StatusEnvelope):
-        about, status_code = str(envelope.body.about), envelope.body.code.value
-        await _check_status_route(request, agency, about, resolution.recipients)
-    message_id = header.id or uuid.uuid4()
-    stamped = stamp(envelope, message_id=message_id, now=utcnow())
-    created = stamped.header.created
-    assert created is not None
-    accepted = await store.accept(
-        message_id=str(message_id),
-        kind=stamped.kind,
-        sender=agency,
-        about=about,
-        created_at=created,
-        envelope=encode(stamped),
-        recipients_=resolution.recipients,
-        redirects=dict(resolution.redirects),
-        idempotency_key=key,
-        request_hash=request_hash,
-        status_code=status_code,
+    accepted = await admit(
+        request.app, agency=request[AGENCY], body=body, decoder=decoder, sender_at=sender_at,
+        idempotency_key=key, check=check,
     )
-    log.info("message.accepted", message_id=accepted.message_id, sender=agency,
-             recipients=len(accepted.recipients), kind=stamped.kind)
-    if accepted.created and BROKER in request.app:
-        try:
-            await request.app[RELAY].publish(accepted.outbox)
-        except Unavailable as exc:  # stored: the relay publishes it when the broker is back
-            log.warning("message.publish_deferred", message_id=accepted.message_id,
-                        error=exc.detail)
     return _accepted_response(accepted)
 
 
@@ -157,29 +104,6 @@ def _accepted_response(accepted: Accepted) -> web.Response:
     if not accepted.created:
         headers["Idempotent-Replayed"] = "true"
     return json_response(_accepted_body(accepted), status=202, headers=headers)
-
-
-async def _check_status_route(
-    request: web.Request, agency: str, about: str, recipients: tuple[str, ...]
-) -> None:
-    """A status goes from a recipient of a message back to that message's sender, only."""
-    try:
-        original = await request.app[STORE].message(about)
-    except NotFound:
-        raise UnprocessableRequest(
-            f"status about unknown message {about}",
-            errors=[FieldError("/body/about", "no such message")],
-        ) from None
-    if agency not in {r.agency for r in original.recipients}:
-        raise Forbidden(
-            f"agency {agency} was not a recipient of message {about}",
-            errors=[FieldError("/body/about", "not a message sent to the calling agency")],
-        )
-    if recipients != (original.sender,):
-        raise UnprocessableRequest(
-            f"a status about {about} goes to its sender {original.sender} only",
-            errors=[FieldError("/header/to", f"must be [{{'agency': '{original.sender}'}}]")],
-        )
 
 
 def _recipient_view(r: RecipientRow) -> dict[str, Any]:

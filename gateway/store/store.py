@@ -336,8 +336,10 @@ class Store:
         idempotency_key: str | None,
         request_hash: str,
         status_code: str | None = None,
+        notes: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> Accepted:
-        """Persist the message, its recipients and their outbox rows in one transaction."""
+        """Persist the message, its recipients and their outbox rows in one transaction, with
+        its audit events (``notes``: extra ones about it, e.g. its signature check)."""
         now = utcnow()
         try:
             async with self.write() as conn:
@@ -383,6 +385,8 @@ class Store:
                 if about is not None:  # a status report joins the timeline of its message
                     events.append(_Event("status_received", about, sender, sender,
                                          {"code": status_code, "status_message": message_id}))
+                events.extend(_Event(name, message_id, sender, sender, detail)
+                              for name, detail in notes)
                 await _audit_many(conn, events)
         except IntegrityError:
             # Two requests with one Idempotency-Key raced: the other one won; answer as it did.
