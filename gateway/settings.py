@@ -139,6 +139,12 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _http_url_or_empty(text: str) -> str:
+    if text and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
+        raise ValueError("must be an http:// or https:// URL, or empty")
+    return text.rstrip("/")
+
+
 def _namespace(text: str) -> str:
     if not re.fullmatch(r"[a-z][a-z0-9_.-]{0,40}", text):
         raise ValueError("must be lowercase letters, digits, '.', '-' or '_' (max 41)")
@@ -176,6 +182,20 @@ class Settings:
     log_level: str = "info"
     allow_insecure_push: bool = False  # http:// push endpoints (tests and the demo only)
     migrate_on_start: bool = True
+    # The central document hub (Trục liên thông văn bản quốc gia); an empty URL: no bridge.
+    hub_url: str = ""
+    hub_system_id: str = ""
+    hub_secret: str = ""  # HMAC-SHA256 key of our system at the hub; never logged
+    hub_poll_interval: float = 5.0
+    # Digital signatures (chữ ký số): trusted CA files (os.pathsep-separated), the default
+    # policy for agencies whose directory entry names none, and our own signing key.
+    signature_trust: str = ""
+    signature_policy: str = "verify_if_present"
+    signature_allow_sha1: bool = False
+    signing_key: str = ""  # PEM private key file; empty: what we emit is not signed
+    signing_certificate: str = ""  # PEM certificate (and chain) of that key
+    # Public-service portals (Cổng dịch vụ công): the shared secret of their progress API.
+    portal_secret: str = ""
 
     @property
     def store_url(self) -> str:
@@ -220,6 +240,8 @@ class Settings:
 def _shown(name: str, raw: str) -> str:
     """A value fit for an error line: the password hidden, even in a URL too broken to parse
     (without ``://`` the whole part before ``@`` is hidden: it may be ``user:password``)."""
+    if "SECRET" in name or "PASSWORD" in name:
+        return "'***'"
     if "URL" not in name or "@" not in raw:
         return repr(raw)
     userinfo, host = raw.rsplit("@", 1)
@@ -257,6 +279,16 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "log_level": _choice("debug", "info", "warning", "error"),
     "allow_insecure_push": _bool,
     "migrate_on_start": _bool,
+    "hub_url": _http_url_or_empty,
+    "hub_system_id": str,
+    "hub_secret": str,
+    "hub_poll_interval": _positive_duration,
+    "signature_trust": str,
+    "signature_policy": _choice("require", "verify_if_present", "record_only"),
+    "signature_allow_sha1": _bool,
+    "signing_key": str,
+    "signing_certificate": str,
+    "portal_secret": str,
 }
 
 # Every field has a parser; checked at import so that a new field cannot be forgotten.
