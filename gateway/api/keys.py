@@ -9,6 +9,7 @@ from gateway.delivery import DeliveryWorker
 from gateway.directory import Directory
 from gateway.relay import OutboxRelay
 from gateway.settings import Settings
+from gateway.signatures import SignatureSettings
 from gateway.store.store import Principal, Store
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -17,6 +18,8 @@ STORE = web.AppKey("store", Store)
 BROKER = web.AppKey("broker", Broker)
 RELAY = web.AppKey("relay", OutboxRelay)
 WORKER = web.AppKey("worker", DeliveryWorker)
+#: trust store, registered certificates and policies; absent: signatures are not checked
+SIGNATURES = web.AppKey("signatures", SignatureSettings)
 
 #: who the bearer token belongs to, and for agency tokens the agency code (auth middleware)
 PRINCIPAL = web.RequestKey("principal", Principal)
