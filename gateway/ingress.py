@@ -21,7 +21,14 @@ from aiohttp import web
 
 from gateway.api.keys import BROKER, DIRECTORY, RELAY, STORE
 from gateway.codecs import encode
-from gateway.envelope import AnyEnvelope, StatusEnvelope, stamp
+from gateway.envelope import (
+    AnyEnvelope,
+    DocumentEnvelope,
+    Operation,
+    StatusCode,
+    StatusEnvelope,
+    stamp,
+)
 from gateway.errors import (
     Conflict,
     FieldError,
@@ -30,7 +37,13 @@ from gateway.errors import (
     Unavailable,
     UnprocessableRequest,
 )
-from gateway.store.store import Accepted, IdempotencyKeyReused, utcnow
+from gateway.store.store import (
+    Accepted,
+    DocumentFacts,
+    IdempotencyKeyReused,
+    StatusEffect,
+    utcnow,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -90,12 +103,19 @@ async def admit(
         envelope, notes = check(body, envelope)
     directory = app[DIRECTORY]
     resolution = directory.resolve(envelope.header.to, sender=agency)
+    message_id = envelope.header.id or uuid.uuid4()
+    recipients = resolution.recipients
     about: str | None = None
     status_code: str | None = None
+    effect: StatusEffect | None = None
+    document: DocumentFacts | None = None
     if isinstance(envelope, StatusEnvelope):
         about, status_code = str(envelope.body.about), envelope.body.code.value
-        await _check_status_route(app, agency, about, resolution.recipients)
-    message_id = envelope.header.id or uuid.uuid4()
+        effect = await _status_effect(app, agency, envelope, recipients)
+    elif isinstance(envelope, DocumentEnvelope):
+        recipients, document = await _document_facts(
+            app, agency, envelope, recipients, str(message_id)
+        )
     stamped = stamp(envelope, message_id=message_id, now=utcnow())
     created = stamped.header.created
     assert created is not None
@@ -106,12 +126,14 @@ async def admit(
         about=about,
         created_at=created,
         envelope=encode(stamped),
-        recipients_=resolution.recipients,
+        recipients_=recipients,
         redirects=dict(resolution.redirects),
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         status_code=status_code,
         notes=[(n.event, n.detail) for n in notes],
+        document=document,
+        effect=effect,
     )
     log.info("message.accepted", message_id=accepted.message_id, sender=agency,
              recipients=len(accepted.recipients), kind=stamped.kind, via=via)
@@ -124,10 +146,33 @@ async def admit(
     return accepted
 
 
-async def _check_status_route(
-    app: web.Application, agency: str, about: str, recipients: tuple[str, ...]
-) -> None:
-    """A status goes from a recipient of a message back to that message's sender, only."""
+#: Processing statuses by how far they go: a recipient's status only moves forwards, so a late
+#: or repeated report changes nothing. 02 (rejected) and 03 (accepted) are the same step: the
+#: first decision stands.
+PROCESSING_RANK = {
+    StatusCode.RECEIVED: 1,
+    StatusCode.REJECTED: 2,
+    StatusCode.ACCEPTED: 2,
+    StatusCode.ASSIGNED: 3,
+    StatusCode.PROCESSING: 4,
+    StatusCode.COMPLETED: 5,
+}
+ANSWERS = {StatusCode.RECALL_AGREED, StatusCode.RECALL_REFUSED}
+
+
+async def _status_effect(
+    app: web.Application, agency: str, envelope: StatusEnvelope, recipients: tuple[str, ...]
+) -> StatusEffect | None:
+    """Where a status may go and what it changes.
+
+    * 01 to 06: from a recipient of the message back to its sender; moves that recipient's
+      processing status forwards.
+    * 13 (thu hồi, a recall request): from the message's sender to its recipients; each of
+      them answers it.
+    * 15 / 16: from a recipient back to the sender; the first answer to the recall or update
+      the recipient has open (the status may name the change itself or, as edXML does, the
+      document it changes)."""
+    about, code = str(envelope.body.about), envelope.body.code
     try:
         original = await app[STORE].message(about)
     except NotFound:
@@ -135,7 +180,22 @@ async def _check_status_route(
             f"status about unknown message {about}",
             errors=[FieldError("/body/about", "no such message")],
         ) from None
-    if agency not in {r.agency for r in original.recipients}:
+    addressees = {r.agency for r in original.recipients}
+    if code is StatusCode.RECALL_REQUESTED:
+        if agency != original.sender:
+            raise Forbidden(
+                f"only the sender of message {about} can ask to recall it",
+                errors=[FieldError("/body/about", "not a message sent by the calling agency")],
+            )
+        strangers = sorted(set(recipients) - addressees)
+        if strangers:
+            raise UnprocessableRequest(
+                f"a recall request goes to recipients of {about} only; "
+                f"{', '.join(strangers)} did not receive it",
+                errors=[FieldError("/header/to", "not a recipient of the message")],
+            )
+        return None
+    if agency not in addressees:
         raise Forbidden(
             f"agency {agency} was not a recipient of message {about}",
             errors=[FieldError("/body/about", "not a message sent to the calling agency")],
@@ -145,3 +205,58 @@ async def _check_status_route(
             f"a status about {about} goes to its sender {original.sender} only",
             errors=[FieldError("/header/to", f"must be [{{'agency': '{original.sender}'}}]")],
         )
+    if code in ANSWERS:
+        change = about if original.is_change_request else await app[STORE].open_change(
+            about, agency
+        )
+        if change is None:
+            raise UnprocessableRequest(
+                f"no recall or update of message {about} waits for an answer from {agency}",
+                errors=[FieldError("/body/code", "15 and 16 answer a recall or an update")],
+            )
+        return StatusEffect(change, agency, code.value, comment=envelope.body.comment)
+    return StatusEffect(about, agency, code.value, rank=PROCESSING_RANK[code])
+
+
+async def _document_facts(
+    app: web.Application,
+    agency: str,
+    envelope: DocumentEnvelope,
+    recipients: tuple[str, ...],
+    message_id: str,
+) -> tuple[tuple[str, ...], DocumentFacts]:
+    """A document's place among the versions of its document, and who it goes to: a new
+    document or a replacement starts a document of its own; a recall goes to everyone who
+    received a version of its document, and only to them; an update goes to them and to
+    anyone it adds."""
+    store = app[STORE]
+    body = envelope.body
+    key = body.document_id or message_id
+    if body.operation in {Operation.NEW, Operation.REPLACE}:
+        if await store.versions(agency, key):
+            raise Conflict(
+                f"document {key} was already sent by {agency}; send an update or a replace",
+                errors=[FieldError("/body/document_id", "a document of the sender already")],
+            )
+        for index, replaced in enumerate(body.replaces):
+            if not await store.versions(agency, replaced):
+                raise UnprocessableRequest(
+                    f"document {replaced} was not sent by {agency}, so it cannot be replaced",
+                    errors=[FieldError(f"/body/replaces/{index}", "no such document")],
+                )
+        return recipients, DocumentFacts(key, body.operation.value, tuple(body.replaces))
+    addressees = await store.document_recipients(agency, key)
+    if not addressees:
+        raise UnprocessableRequest(
+            f"document {key} was not sent by {agency}, so it cannot be "
+            f"{'recalled' if body.operation is Operation.RECALL else 'updated'}",
+            errors=[FieldError("/body/document_id", "no such document of the sender")],
+        )
+    strangers = sorted(set(recipients) - addressees)
+    if body.operation is Operation.RECALL and strangers:
+        raise UnprocessableRequest(
+            f"a recall goes to the recipients of document {key} only; "
+            f"{', '.join(strangers)} did not receive it",
+            errors=[FieldError("/header/to", "not a recipient of the document")],
+        )
+    return tuple(sorted(addressees)) + tuple(strangers), DocumentFacts(key, body.operation.value)

@@ -112,7 +112,32 @@ def _recipient_view(r: RecipientRow) -> dict[str, Any]:
         value: str | datetime | None = getattr(r, name)
         if value is not None:
             view[name] = value
+    if r.status_code is not None:  # the furthest processing status it reported (01..06)
+        view["status"] = {"code": r.status_code, "at": r.status_at}
+    if r.answer is not None:  # its answer to a recall or update (15 agreed, 16 refused)
+        view["answer"] = {"code": r.answer, "at": r.answered_at, "comment": r.answer_comment}
     return view
+
+
+async def _document_view(
+    request: web.Request, row: MessageRow, agency: str
+) -> dict[str, Any] | None:
+    """The document a message belongs to and its versions the caller may see (what the sender
+    sent; a recipient sees the versions sent to it)."""
+    store = request.app[STORE]
+    keys = await store.document_keys(row.id)
+    if not keys:
+        return None
+    sender, key = keys[0]
+    shown = []
+    for version in await store.versions(sender, key):
+        if version.message_id != row.id and agency != sender:
+            other = await store.message(version.message_id)
+            if agency not in {r.agency for r in other.recipients}:
+                continue
+        shown.append({"id": version.message_id, "operation": version.operation,
+                      "relation": version.relation, "accepted_at": version.accepted_at})
+    return {"document_id": key, "versions": shown}
 
 
 def _message_view(row: MessageRow, agency: str) -> dict[str, Any]:
@@ -125,6 +150,8 @@ def _message_view(row: MessageRow, agency: str) -> dict[str, Any]:
         "accepted_at": row.accepted_at,
         "recipients": [_recipient_view(r) for r in shown],
         "envelope": orjson.Fragment(row.envelope),
+        **({"operation": row.operation} if row.operation else {}),
+        **({"about": row.about, "code": row.status_code} if row.about else {}),
     }
 
 
@@ -141,7 +168,11 @@ async def visible_message(request: web.Request) -> tuple[str, MessageRow]:
 async def get_message(request: web.Request) -> web.Response:
     """The message and its per-recipient state, for its sender (all) or a recipient (its own)."""
     agency, row = await visible_message(request)
-    return json_response(_message_view(row, agency))
+    view = _message_view(row, agency)
+    document = await _document_view(request, row, agency)
+    if document is not None:
+        view["document"] = document
+    return json_response(view)
 
 
 @routes.get("/api/v1/messages/{id}/trace")

@@ -31,6 +31,7 @@ from gateway.store.tables import (
     audit_head,
     credentials,
     dead_letters,
+    document_links,
     inbox,
     messages,
     outbox,
@@ -153,6 +154,11 @@ class RecipientRow:
     read_at: datetime | None
     failed_at: datetime | None
     last_error: str | None
+    status_code: str | None = None
+    status_at: datetime | None = None
+    answer: str | None = None
+    answered_at: datetime | None = None
+    answer_comment: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +170,44 @@ class MessageRow:
     accepted_at: datetime
     envelope: bytes
     recipients: tuple[RecipientRow, ...]
+    operation: str | None = None
+    status_code: str | None = None
+
+    @property
+    def is_change_request(self) -> bool:
+        """A recall or an update (document) or a recall request (status 13): each recipient
+        answers it with 15 or 16."""
+        return self.operation in {"recall", "update"} or self.status_code == "13"
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentFacts:
+    """What links a document message to its versions."""
+
+    key: str  # the document's key: its edXML DocumentId, or its first message's id
+    operation: str  # new | recall | update | replace
+    replaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEffect:
+    """What a status message changes on the recipient row it reports from: a processing status
+    by rank (only forwards), or the first answer to a change request."""
+
+    message_id: str  # the message whose recipient row changes
+    agency: str  # the recipient that reports
+    code: str
+    rank: int | None = None  # processing statuses; None for an answer (15/16)
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    message_id: str
+    sender: str
+    operation: str | None
+    relation: str  # self | replaces
+    accepted_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +381,8 @@ class Store:
         request_hash: str,
         status_code: str | None = None,
         notes: Sequence[tuple[str, dict[str, Any]]] = (),
+        document: DocumentFacts | None = None,
+        effect: StatusEffect | None = None,
     ) -> Accepted:
         """Persist the message, its recipients and their outbox rows in one transaction, with
         its audit events (``notes``: extra ones about it, e.g. its signature check)."""
@@ -349,8 +395,17 @@ class Store:
                         created_at=created_at, accepted_at=now,
                         idempotency_key=idempotency_key, request_hash=request_hash,
                         envelope=envelope.decode(),
+                        operation=document.operation if document else None,
+                        status_code=status_code,
                     )
                 )
+                if document is not None:
+                    await conn.execute(document_links.insert(), [
+                        {"message_id": message_id, "sender": sender, "document_key": key,
+                         "relation": relation, "accepted_at": now}
+                        for key, relation in ((document.key, "self"),
+                                              *((k, "replaces") for k in document.replaces))
+                    ])
                 addressed = {final: original for original, final in redirects.items()}
                 await conn.execute(
                     recipients.insert(),
@@ -383,8 +438,14 @@ class Store:
                      **({"redirects": redirects} if redirects else {})},
                 )]
                 if about is not None:  # a status report joins the timeline of its message
+                    applied = await _apply(conn, effect, now) if effect is not None else False
                     events.append(_Event("status_received", about, sender, sender,
-                                         {"code": status_code, "status_message": message_id}))
+                                         {"code": status_code, "status_message": message_id,
+                                          "applied": applied}))
+                    if effect is not None and effect.message_id != about:
+                        events.append(_Event("change_answered", effect.message_id, sender,
+                                             sender, {"code": status_code, "applied": applied,
+                                                      "status_message": message_id}))
                 events.extend(_Event(name, message_id, sender, sender, detail)
                               for name, detail in notes)
                 await _audit_many(conn, events)
@@ -679,6 +740,65 @@ class Store:
                 ])
         return [r.id for r in rows]
 
+    # -- documents ----------------------------------------------------------------------------
+    async def versions(self, sender: str, key: str) -> list[Version]:
+        """Every message of a document (its versions, its recalls, what replaced it), oldest
+        first."""
+        async with self.read() as conn:
+            return await _versions(conn, sender, key)
+
+    async def document_keys(self, message_id: str) -> list[tuple[str, str]]:
+        """The (sender, key) of the documents a message belongs to (``self`` first)."""
+        async with self.read() as conn:
+            rows = (await conn.execute(
+                sa.select(document_links.c.sender, document_links.c.document_key,
+                          document_links.c.relation)
+                .where(document_links.c.message_id == message_id)
+            )).all()
+        ordered = sorted(rows, key=lambda r: r.relation != "self")
+        return [(r.sender, r.document_key) for r in ordered]
+
+    async def document_recipients(self, sender: str, key: str) -> set[str]:
+        """Everyone a version of the document went to (recalls and updates go to them)."""
+        async with self.read() as conn:
+            rows = await conn.execute(
+                sa.select(recipients.c.agency).distinct()
+                .join(document_links, document_links.c.message_id == recipients.c.message_id)
+                .where(document_links.c.sender == sender, document_links.c.document_key == key,
+                       document_links.c.relation == "self")
+            )
+            return {r.agency for r in rows}
+
+    async def open_change(self, about: str, agency: str) -> str | None:
+        """The latest recall or update of the document of ``about`` (a document message, or a
+        recall request, status 13, about one of its versions) that ``agency`` received and has
+        not answered yet."""
+        async with self.read() as conn:
+            keys = (await conn.execute(
+                sa.select(document_links.c.sender, document_links.c.document_key)
+                .where(document_links.c.message_id == about, document_links.c.relation == "self")
+            )).all()
+            if not keys:
+                return None
+            sender, key = keys[0]
+            version_ids = sa.select(document_links.c.message_id).where(
+                document_links.c.sender == sender, document_links.c.document_key == key,
+                document_links.c.relation == "self",
+            )
+            is_change = sa.or_(
+                sa.and_(messages.c.id.in_(version_ids),
+                        messages.c.operation.in_(("recall", "update"))),
+                sa.and_(messages.c.about.in_(version_ids), messages.c.status_code == "13"),
+            )
+            row = (await conn.execute(
+                sa.select(messages.c.id)
+                .join(recipients, recipients.c.message_id == messages.c.id)
+                .where(is_change, recipients.c.agency == agency, recipients.c.answer.is_(None))
+                .order_by(messages.c.accepted_at.desc(), messages.c.id.desc())
+                .limit(1)
+            )).first()
+            return None if row is None else str(row.id)
+
     # -- queries ------------------------------------------------------------------------------
     async def message(self, message_id: str) -> MessageRow:
         async with self.read() as conn:
@@ -699,9 +819,11 @@ class Store:
             accepted_at=row.accepted_at, envelope=row.envelope.encode(),
             recipients=tuple(
                 RecipientRow(r.agency, r.state, r.addressed_as, r.attempts, r.delivered_at,
-                             r.read_at, r.failed_at, r.last_error)
+                             r.read_at, r.failed_at, r.last_error, r.status_code, r.status_at,
+                             r.answer, r.answered_at, r.answer_comment)
                 for r in recips
             ),
+            operation=row.operation, status_code=row.status_code,
         )
 
     async def events(self, message_id: str) -> list[dict[str, Any]]:
@@ -817,6 +939,34 @@ class _Event:
     agency: str | None = None
     actor: str | None = None
     detail: dict[str, Any] | None = None
+
+
+async def _versions(conn: AsyncConnection, sender: str, key: str) -> list[Version]:
+    rows = (await conn.execute(
+        sa.select(document_links.c.message_id, document_links.c.relation,
+                  document_links.c.accepted_at, messages.c.operation, messages.c.sender)
+        .join(messages, messages.c.id == document_links.c.message_id)
+        .where(document_links.c.sender == sender, document_links.c.document_key == key)
+        .order_by(document_links.c.accepted_at, document_links.c.message_id)
+    )).all()
+    return [Version(r.message_id, r.sender, r.operation, r.relation, r.accepted_at)
+            for r in rows]
+
+
+async def _apply(conn: AsyncConnection, effect: StatusEffect, now: datetime) -> bool:
+    """Apply a status to the recipient row it reports from, atomically and only forwards;
+    False when it changes nothing (a repeat, a late arrival, a second answer)."""
+    where = [recipients.c.message_id == effect.message_id, recipients.c.agency == effect.agency]
+    if effect.rank is not None:
+        values: dict[str, Any] = {"status_code": effect.code, "status_rank": effect.rank,
+                                  "status_at": now}
+        where.append(sa.or_(recipients.c.status_rank.is_(None),
+                            recipients.c.status_rank < effect.rank))
+    else:
+        values = {"answer": effect.code, "answered_at": now, "answer_comment": effect.comment}
+        where.append(recipients.c.answer.is_(None))
+    result = await conn.execute(recipients.update().where(*where).values(**values))
+    return bool(result.rowcount)
 
 
 async def _audit(

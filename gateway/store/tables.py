@@ -75,6 +75,9 @@ messages = Table(
     Column("idempotency_key", String(255), nullable=True),
     Column("request_hash", String(64), nullable=False),
     Column("envelope", Text, nullable=False),  # canonical JSON, as accepted
+    # documents: new | recall | update | replace (edXML BussinessDocType); statuses: None
+    Column("operation", String(8), nullable=True),
+    Column("status_code", String(2), nullable=True),  # statuses: their code (01..16)
     UniqueConstraint("sender", "idempotency_key"),
     Index(None, "sender", "accepted_at"),
 )
@@ -92,7 +95,31 @@ recipients = Table(
     Column("failed_at", UTCDateTime(), nullable=True),
     Column("last_error", Text, nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # The furthest processing status (01..06) this recipient reported about the message: a
+    # conditional update by rank, so a late or repeated status never moves it backwards.
+    Column("status_code", String(2), nullable=True),
+    Column("status_rank", Integer, nullable=True),
+    Column("status_at", UTCDateTime(), nullable=True),
+    # For a recall or update (a change request): the recipient's answer, 15 agreed or 16
+    # refused; the first answer is final.
+    Column("answer", String(2), nullable=True),
+    Column("answered_at", UTCDateTime(), nullable=True),
+    Column("answer_comment", Text, nullable=True),
     Index(None, "agency", "state"),
+)
+
+#: The versions of a document (văn bản): each document message is linked to its document key
+#: (the edXML DocumentId, or the first message's id) with relation ``self``, and a replacement
+#: also to each document it replaces (``replaces``). Keys are per sender.
+document_links = Table(
+    "document_links",
+    metadata,
+    Column("message_id", MessageId, ForeignKey("messages.id"), primary_key=True),
+    Column("sender", AgencyCode, primary_key=True),
+    Column("document_key", String(255), primary_key=True),
+    Column("relation", String(8), nullable=False),  # self | replaces
+    Column("accepted_at", UTCDateTime(), nullable=False),
+    Index(None, "sender", "document_key", "accepted_at"),
 )
 
 outbox = Table(
