@@ -50,7 +50,8 @@ LongText = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
 class Kind(enum.StrEnum):
     DOCUMENT = "document"
     STATUS = "status"
-    DOSSIER = "dossier"
+    DOSSIER = "dossier"  # a dossier handed over to an agency (chuyển hồ sơ)
+    DOSSIER_STATUS = "dossier_status"  # a step about a dossier: accepted, returned, result...
 
 
 class Priority(enum.StrEnum):
@@ -322,6 +323,55 @@ class DossierBody(_Model):
         return self
 
 
+class DossierAction(enum.StrEnum):
+    """A step of a dossier hand-over (hồ sơ liên thông) other than the hand-over itself, which
+    is a ``dossier`` envelope."""
+
+    ACCEPT = "accept"  # tiếp nhận: the receiver of a hand-over takes the dossier
+    RETURN = "return"  # trả lại: the receiver sends it back to who handed it over (reason)
+    RESULT = "result"  # trả kết quả: the holder sends the result to the receiving agency
+    APOLOGY = "apology"  # phiếu xin lỗi và hẹn lại ngày trả kết quả (reason, new date)
+    ALERT = "alert"  # cảnh báo: the gateway's own, a step about to fall due or overdue
+
+
+class AlertLevel(enum.StrEnum):
+    DUE_SOON = "due_soon"  # sắp đến hạn
+    OVERDUE = "overdue"  # quá hạn
+
+
+class DossierStatusBody(_Model):
+    """One step about a dossier, routed like every message; the dossier's state is the fold of
+    these steps and of its hand-overs, never a field someone sets."""
+
+    dossier: DossierCode
+    action: DossierAction
+    about: uuid.UUID | None = Field(
+        default=None, description="The hand-over (dossier message) an accept or return answers"
+    )
+    at: Instant
+    by: ShortText | None = Field(default=None, description="The officer who acted (cán bộ)")
+    reason: LongText | None = None
+    appointment_at: Instant | None = Field(
+        default=None, description="An apology's new appointment date (ngày hẹn trả mới)"
+    )
+    alert: AlertLevel | None = None
+    due_at: Instant | None = Field(default=None, description="An alert: when the step is due")
+    attachments: list[Attachment] = Field(default_factory=list, max_length=100)
+
+    @model_validator(mode="after")
+    def _needs(self) -> DossierStatusBody:
+        a = self.action
+        if a in {DossierAction.RETURN, DossierAction.APOLOGY} and not self.reason:
+            raise ValueError(f"a {a.value} needs a reason")
+        if a is DossierAction.APOLOGY and self.appointment_at is None:
+            raise ValueError("an apology needs the new appointment_at (ngày hẹn trả mới)")
+        if a in {DossierAction.ACCEPT, DossierAction.RETURN} and self.about is None:
+            raise ValueError(f"a {a.value} needs about: the hand-over it answers")
+        if (a is DossierAction.ALERT) != (self.alert is not None):
+            raise ValueError("alert is set for action alert, and only for it")
+        return self
+
+
 class DocumentEnvelope(_Model):
     version: Literal["1.0"] = "1.0"
     kind: Literal["document"]
@@ -343,10 +393,18 @@ class DossierEnvelope(_Model):
     body: DossierBody
 
 
+class DossierStatusEnvelope(_Model):
+    version: Literal["1.0"] = "1.0"
+    kind: Literal["dossier_status"]
+    header: Header
+    body: DossierStatusBody
+
+
 Envelope = Annotated[
-    DocumentEnvelope | StatusEnvelope | DossierEnvelope, Field(discriminator="kind")
+    DocumentEnvelope | StatusEnvelope | DossierEnvelope | DossierStatusEnvelope,
+    Field(discriminator="kind"),
 ]
-AnyEnvelope = DocumentEnvelope | StatusEnvelope | DossierEnvelope
+AnyEnvelope = DocumentEnvelope | StatusEnvelope | DossierEnvelope | DossierStatusEnvelope
 ENVELOPE: TypeAdapter[AnyEnvelope] = TypeAdapter(Envelope)
 
 
