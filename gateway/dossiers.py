@@ -35,8 +35,17 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Protocol
 
 from gateway.errors import Conflict, FieldError, Forbidden
+
+
+class WorkingDays(Protocol):
+    """The working-day calendar (:class:`gateway.calendar.WorkingCalendar`) as steps use it."""
+
+    def add_working_days(self, start: datetime, days: float) -> datetime: ...
+
+    def working_days_between(self, start: datetime, end: datetime) -> float: ...
 
 
 class Phase(enum.StrEnum):
@@ -182,6 +191,7 @@ def _create(event: Event, code: str) -> DossierState:
         code=code, receiving_agency=receiving, received_at=event.received_at,
         appointment_at=event.appointment_at, phase=Phase.HELD, holder=receiving,
         holds=(Hold(receiving, event.received_at),), involved=frozenset({receiving}),
+        seq=event.seq,
     )
     return _handover(base, event)
 

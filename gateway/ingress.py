@@ -10,20 +10,26 @@ with the same bytes, returns the first answer and changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from gateway.api.keys import BROKER, DIRECTORY, RELAY, STORE
+from gateway.api.keys import BROKER, CALENDAR, DIRECTORY, RELAY, STORE
 from gateway.codecs import encode
+from gateway.dossiers import Event, Step, WorkingDays, apply, fold
 from gateway.envelope import (
     AnyEnvelope,
     DocumentEnvelope,
+    DossierAction,
+    DossierEnvelope,
+    DossierStatusEnvelope,
     Operation,
     StatusCode,
     StatusEnvelope,
@@ -37,6 +43,7 @@ from gateway.errors import (
     Unavailable,
     UnprocessableRequest,
 )
+from gateway.store.dossier_rows import DossierWrite
 from gateway.store.store import (
     Accepted,
     DocumentFacts,
@@ -109,11 +116,16 @@ async def admit(
     status_code: str | None = None
     effect: StatusEffect | None = None
     document: DocumentFacts | None = None
+    dossier: DossierWrite | None = None
     if isinstance(envelope, StatusEnvelope):
         about, status_code = str(envelope.body.about), envelope.body.code.value
         effect = await _status_effect(app, agency, envelope, recipients)
     elif isinstance(envelope, DocumentEnvelope):
         recipients, document = await _document_facts(
+            app, agency, envelope, recipients, str(message_id)
+        )
+    elif isinstance(envelope, DossierEnvelope | DossierStatusEnvelope):
+        recipients, dossier = await _dossier_step(
             app, agency, envelope, recipients, str(message_id)
         )
     stamped = stamp(envelope, message_id=message_id, now=utcnow())
@@ -134,6 +146,7 @@ async def admit(
         notes=[(n.event, n.detail) for n in notes],
         document=document,
         effect=effect,
+        dossier=dossier,
     )
     log.info("message.accepted", message_id=accepted.message_id, sender=agency,
              recipients=len(accepted.recipients), kind=stamped.kind, via=via)
@@ -260,3 +273,81 @@ async def _document_facts(
             errors=[FieldError("/header/to", "not a recipient of the document")],
         )
     return tuple(sorted(addressees)) + tuple(strangers), DocumentFacts(key, body.operation.value)
+
+
+async def _dossier_step(
+    app: web.Application,
+    agency: str,
+    envelope: DossierEnvelope | DossierStatusEnvelope,
+    recipients: tuple[str, ...],
+    message_id: str,
+) -> tuple[tuple[str, ...], DossierWrite]:
+    """A dossier step is legal only on the dossier's history (:func:`gateway.dossiers.apply`),
+    and the gateway decides where it goes: a hand-over to the one agency it names; an accept
+    or a return to who handed it over; a result or an apology to the receiving agency (from
+    the receiving agency itself: to everyone else who held the dossier)."""
+    store = app[STORE]
+    now = utcnow()
+    if isinstance(envelope, DossierEnvelope):
+        body = envelope.body
+        code = body.code
+        if len(recipients) != 1:
+            raise UnprocessableRequest(
+                f"a dossier is handed over to one agency, not {len(recipients)}",
+                errors=[FieldError("/header/to", "exactly one agency")],
+            )
+        history = await store.dossier_events(code)
+        state = fold(code, history)
+        event = Event(
+            seq=len(history) + 1, step=Step.HANDOVER, actor=agency, at=now,
+            message_id=message_id, to=recipients[0],
+            due_at=_step_due(app.get(CALENDAR), envelope, recipients[0], now),
+            appointment_at=body.appointment_at, received_at=body.received_at,
+        )
+        new = apply(state, event, code)
+        return recipients, DossierWrite(event, new, body.procedure_code)
+    sbody = envelope.body
+    code = sbody.dossier
+    history = await store.dossier_events(code)
+    state = fold(code, history)
+    if state is None:
+        raise NotFound(f"no dossier {code}")
+    if sbody.action is DossierAction.ALERT:
+        raise Forbidden("alerts are the gateway's own",
+                        errors=[FieldError("/body/action", "not sent by agencies")])
+    event = Event(
+        seq=len(history) + 1, step=Step(sbody.action.value), actor=agency, at=now,
+        message_id=message_id, about=str(sbody.about) if sbody.about else None,
+        appointment_at=sbody.appointment_at, reason=sbody.reason,
+    )
+    if sbody.action is DossierAction.RESULT:
+        event = dataclasses.replace(event, to=state.receiving_agency)
+    new = apply(state, event, code)
+    if sbody.action in {DossierAction.ACCEPT, DossierAction.RETURN}:
+        assert state.pending is not None
+        wanted: set[str] = {state.pending.sender}
+    elif agency != state.receiving_agency:
+        wanted = {state.receiving_agency}
+    else:
+        wanted = set(new.involved) - {agency}
+    strangers = sorted(set(recipients) - wanted)
+    if strangers:
+        raise UnprocessableRequest(
+            f"this {sbody.action.value} of dossier {code} goes to {', '.join(sorted(wanted))}, "
+            f"not to {', '.join(strangers)}",
+            errors=[FieldError("/header/to", "not where this step goes")],
+        )
+    return tuple(sorted(wanted)), DossierWrite(event, new, None)
+
+
+def _step_due(
+    calendar: WorkingDays | None, envelope: DossierEnvelope, to: str, at: datetime
+) -> datetime:
+    """When the receiver's step falls due: its working days on the route when the route's
+    current step is the receiver's, else the dossier's appointment date (ngày hẹn trả)."""
+    body = envelope.body
+    if calendar is not None and body.route and body.current_step < len(body.route):
+        step = body.route[body.current_step]
+        if step.agency == to:
+            return calendar.add_working_days(at, step.working_days)
+    return body.appointment_at

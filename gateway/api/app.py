@@ -6,6 +6,7 @@ from aiohttp import web
 
 from adapters.document_management import routes as edxml_routes
 from gateway.api.auth import auth_middleware
+from gateway.api.dossiers import routes as dossier_routes
 from gateway.api.keys import SETTINGS
 from gateway.api.ops import routes as ops_routes
 from gateway.api.problems import problems_middleware
@@ -21,5 +22,6 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app.add_routes(routes)
     app.add_routes(ops_routes)
+    app.add_routes(dossier_routes)
     app.add_routes(edxml_routes)
     return app

@@ -24,8 +24,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.audit import GENESIS, AuditEvent, Break, detail_text, event_hash, verify
+from gateway.dossiers import Event
 from gateway.errors import Conflict, FieldError, NotFound, Unavailable, UnprocessableRequest
-from gateway.store import migrate
+from gateway.store import dossier_rows, migrate
+from gateway.store.dossier_rows import DossierRow, DossierWrite
 from gateway.store.tables import (
     audit_events,
     audit_head,
@@ -383,6 +385,7 @@ class Store:
         notes: Sequence[tuple[str, dict[str, Any]]] = (),
         document: DocumentFacts | None = None,
         effect: StatusEffect | None = None,
+        dossier: DossierWrite | None = None,
     ) -> Accepted:
         """Persist the message, its recipients and their outbox rows in one transaction, with
         its audit events (``notes``: extra ones about it, e.g. its signature check)."""
@@ -437,6 +440,13 @@ class Store:
                     {"kind": kind, "recipients": list(recipients_),
                      **({"redirects": redirects} if redirects else {})},
                 )]
+                if dossier is not None:
+                    await dossier_rows.write(conn, dossier, now)
+                    events.append(_Event(
+                        f"dossier_{dossier.event.step.value}", message_id, sender, sender,
+                        {"dossier": dossier.state.code, "seq": dossier.event.seq,
+                         **({"to": dossier.event.to} if dossier.event.to else {})},
+                    ))
                 if about is not None:  # a status report joins the timeline of its message
                     applied = await _apply(conn, effect, now) if effect is not None else False
                     events.append(_Event("status_received", about, sender, sender,
@@ -457,6 +467,11 @@ class Store:
                     if found[1] != request_hash:
                         raise IdempotencyKeyReused() from None
                     return found[0]
+            if dossier is not None:
+                raise Conflict(
+                    f"dossier {dossier.state.code} changed while this step was decided; "
+                    "send it again", errors=[FieldError("/body", "concurrent step")],
+                ) from None
             raise Conflict(f"message {message_id} already exists") from None
         return Accepted(message_id, tuple(sorted(recipients_)), now, created=True, outbox=rows)
 
@@ -739,6 +754,18 @@ class Store:
                     for r in rows
                 ])
         return [r.id for r in rows]
+
+    # -- dossiers -----------------------------------------------------------------------------
+    async def dossier_events(self, code: str) -> list[Event]:
+        async with self.read() as conn:
+            return await dossier_rows.events(conn, code)
+
+    async def dossier(self, code: str) -> DossierRow:
+        async with self.read() as conn:
+            found = await dossier_rows.row(conn, code)
+        if found is None:
+            raise NotFound(f"no dossier {code}")
+        return found
 
     # -- documents ----------------------------------------------------------------------------
     async def versions(self, sender: str, key: str) -> list[Version]:

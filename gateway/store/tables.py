@@ -212,3 +212,69 @@ dead_letters = Table(
         postgresql_where=sa_text("state = 'dead'"),
     ),
 )
+
+
+#: The raw history of each dossier (hồ sơ): one row per step, numbered from 1. The number is
+#: unique, so two steps decided on the same state cannot both be written (the second retries
+#: on the new state). Statistics are recomputed from these rows by ``lienthong stats verify``.
+dossier_events = Table(
+    "dossier_events",
+    metadata,
+    Column("id", SerialId, primary_key=True, autoincrement=True),
+    Column("dossier_code", String(40), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("step", String(16), nullable=False),
+    Column("actor", AgencyCode, nullable=False),
+    Column("to_agency", AgencyCode, nullable=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("message_id", MessageId, nullable=False),
+    Column("about", MessageId, nullable=True),
+    Column("due_at", UTCDateTime(), nullable=True),
+    Column("appointment_at", UTCDateTime(), nullable=True),
+    Column("received_at", UTCDateTime(), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("alert", String(16), nullable=True),
+    UniqueConstraint("dossier_code", "seq"),
+    Index(None, "at"),
+)
+
+#: The folded state of each dossier, written with each step (the API, the scheduler and the
+#: statistics read it).
+dossiers = Table(
+    "dossiers",
+    metadata,
+    Column("code", String(40), primary_key=True),
+    Column("receiving_agency", AgencyCode, nullable=False),
+    Column("procedure_code", String(40), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("appointment_at", UTCDateTime(), nullable=False),
+    Column("new_appointment_at", UTCDateTime(), nullable=True),
+    Column("phase", String(16), nullable=False),
+    Column("holder", AgencyCode, nullable=True),
+    Column("responsible", AgencyCode, nullable=True),
+    Column("pending_message", MessageId, nullable=True),
+    Column("due_at", UTCDateTime(), nullable=True),
+    Column("completed_at", UTCDateTime(), nullable=True),
+    Column("handovers", Integer, nullable=False),
+    Column("returns", Integer, nullable=False),
+    Column("apologies", Integer, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index(None, "phase", "due_at"),
+    Index(None, "receiving_agency"),
+    Index(None, "responsible"),
+)
+
+#: Who held each dossier and when (one row per stretch), rewritten with each step.
+dossier_holds = Table(
+    "dossier_holds",
+    metadata,
+    Column("dossier_code", String(40), primary_key=True),
+    Column("n", Integer, primary_key=True),
+    Column("agency", AgencyCode, nullable=False),
+    Column("since", UTCDateTime(), nullable=False),
+    Column("until", UTCDateTime(), nullable=True),
+    Column("due_at", UTCDateTime(), nullable=True),
+    Column("accepted", Integer, nullable=False),  # 0: a hand-over not yet answered
+    Index(None, "agency", "since"),
+)

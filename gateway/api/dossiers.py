@@ -1,0 +1,111 @@
+"""Dossiers (hồ sơ liên thông) in the API: where a dossier is, who held it for how long, and
+whether it is on time. Steps are sent as messages (``POST /api/v1/messages`` with kind
+``dossier`` or ``dossier_status``); these routes only read."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api.keys import AGENCY, CALENDAR, STORE
+from gateway.api.routes import json_response
+from gateway.dossiers import Hold, WorkingDays
+from gateway.envelope import DOSSIER_CODE_RE
+from gateway.errors import FieldError, Forbidden, MalformedInput
+from gateway.store.dossier_rows import DossierRow
+from gateway.store.store import utcnow
+
+routes = web.RouteTableDef()
+
+
+def timeliness(row: DossierRow, now: datetime) -> str:
+    """Against the first appointment date (an apology's new date does not make a late dossier
+    on time): ``early`` / ``on_time`` / ``late`` once completed (early: before the appointment
+    day), else ``on_time`` or ``overdue``."""
+    if row.completed_at is not None:
+        if row.completed_at > row.appointment_at:
+            return "late"
+        return "early" if row.completed_at.date() < row.appointment_at.date() else "on_time"
+    return "overdue" if now > row.appointment_at else "on_time"
+
+
+def _days(calendar: WorkingDays | None, start: datetime, end: datetime) -> float | None:
+    return None if calendar is None else round(calendar.working_days_between(start, end), 2)
+
+
+def hold_view(hold: Hold, calendar: WorkingDays | None, now: datetime) -> dict[str, Any]:
+    end = hold.until or now
+    view: dict[str, Any] = {
+        "agency": hold.agency, "since": hold.since, "until": hold.until,
+        "accepted": hold.accepted, "working_days": _days(calendar, hold.since, end),
+    }
+    if hold.due_at is not None:
+        view["due_at"] = hold.due_at
+        view["late"] = end > hold.due_at
+    return view
+
+
+def _code(request: web.Request) -> str:
+    code = request.match_info["code"]
+    if not DOSSIER_CODE_RE.fullmatch(code):
+        raise MalformedInput(
+            f"{code!r} is not a dossier code (e.g. 000.21.35.H57-261118-0042)",
+            errors=[FieldError("path:code", "agency code, yymmdd, sequence")],
+        )
+    return code
+
+
+async def visible_dossier(request: web.Request) -> DossierRow:
+    """The dossier, for an agency that received it or held it (or was handed it)."""
+    agency: str = request[AGENCY]
+    row = await request.app[STORE].dossier(_code(request))
+    if agency != row.receiving_agency and agency not in {h.agency for h in row.holds}:
+        raise Forbidden(f"agency {agency} has no part in dossier {row.code}")
+    return row
+
+
+def dossier_view(row: DossierRow, calendar: WorkingDays | None, now: datetime
+                 ) -> dict[str, Any]:
+    return {
+        "code": row.code,
+        "procedure_code": row.procedure_code,
+        "receiving_agency": row.receiving_agency,
+        "received_at": row.received_at,
+        "appointment_at": row.appointment_at,
+        "new_appointment_at": row.new_appointment_at,
+        "phase": row.phase,
+        "holder": row.holder,
+        "responsible": row.responsible,
+        "pending_handover": row.pending_message,
+        "due_at": row.due_at,
+        "completed_at": row.completed_at,
+        "timeliness": timeliness(row, now),
+        "handovers": row.handovers,
+        "returns": row.returns,
+        "apologies": row.apologies,
+        "holds": [hold_view(h, calendar, now) for h in row.holds],
+    }
+
+
+@routes.get("/api/v1/dossiers/{code}")
+async def get_dossier(request: web.Request) -> web.Response:
+    """Where the dossier is now, who held it for how many working days, on time or not."""
+    row = await visible_dossier(request)
+    return json_response(dossier_view(row, request.app.get(CALENDAR), utcnow()))
+
+
+@routes.get("/api/v1/dossiers/{code}/trace")
+async def get_dossier_trace(request: web.Request) -> web.Response:
+    """Every step of the dossier, oldest first, each with the message that carried it."""
+    row = await visible_dossier(request)
+    steps = [
+        {k: v for k, v in {
+            "seq": e.seq, "step": e.step.value, "actor": e.actor, "to": e.to, "at": e.at,
+            "message_id": e.message_id, "about": e.about, "due_at": e.due_at,
+            "appointment_at": e.appointment_at, "reason": e.reason, "alert": e.alert,
+        }.items() if v is not None}
+        for e in await request.app[STORE].dossier_events(row.code)
+    ]
+    return json_response({"code": row.code, "steps": steps})

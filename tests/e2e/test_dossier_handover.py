@@ -1,0 +1,136 @@
+"""Dossier hand-over through the API: every step is a message, the state is the fold of the
+steps, illegal steps are refused and change nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import PHONG_DIEN, PROVINCE, Gateway, GatewayFactory
+
+COMMUNE = "000.21.35.H57"  # a commune of Phong Điền
+OTHER_COMMUNE = "000.22.35.H57"
+CODE = f"{COMMUNE}-261118-0042"
+
+
+def dossier(sender: str, to: str, *, code: str = CODE, step: int = 0) -> dict[str, Any]:
+    return {
+        "kind": "dossier",
+        "header": {"sender": sender, "to": [{"agency": to}]},
+        "body": {
+            "code": code,
+            "procedure_code": "1.001612.000.00.00.H57",
+            "procedure_name": "Cấp giấy phép xây dựng nhà ở riêng lẻ",
+            "applicant": {"name": "Trần Thị Bình", "identity": "046190001234",
+                          "phone": "0905123456"},
+            "receiving_agency": code.split("-")[0],
+            "received_at": "2026-11-18T08:30:00+07:00",
+            "appointment_at": "2026-12-09T17:00:00+07:00",
+            "route": [{"agency": PHONG_DIEN, "working_days": 10},
+                      {"agency": PROVINCE, "working_days": 5}],
+            "current_step": step,
+        },
+    }
+
+
+def step(sender: str, to: str, action: str, *, code: str = CODE, **body: Any) -> dict[str, Any]:
+    return {
+        "kind": "dossier_status",
+        "header": {"sender": sender, "to": [{"agency": to}]},
+        "body": {"dossier": code, "action": action, "at": "2026-11-20T09:00:00+07:00", **body},
+    }
+
+
+async def ok(gateway: Gateway, sender: str, envelope: dict[str, Any]) -> str:
+    response = await gateway.send(sender, envelope)
+    assert response.status == 202, await response.text()
+    return str((await response.json())["id"])
+
+
+async def refused(gateway: Gateway, sender: str, envelope: dict[str, Any], status: int,
+                  pointer: str) -> None:
+    before = await gateway.store.dossier_events(CODE)
+    response = await gateway.send(sender, envelope)
+    problem = await response.json()
+    assert response.status == status, problem
+    assert problem["errors"][0]["pointer"] == pointer, problem
+    assert await gateway.store.dossier_events(CODE) == before
+
+
+async def view(gateway: Gateway, agency: str, code: str = CODE) -> dict[str, Any]:
+    response = await gateway.client.get(f"/api/v1/dossiers/{code}",
+                                        headers=await gateway.auth(agency))
+    assert response.status == 200, await response.text()
+    return dict(await response.json())
+
+
+async def test_handover_accept_result(gateway: Gateway) -> None:
+    handover = await ok(gateway, COMMUNE, dossier(COMMUNE, PHONG_DIEN))
+    await gateway.wait_state(handover, PHONG_DIEN, "delivered")
+    seen = await view(gateway, COMMUNE)
+    assert (seen["phase"], seen["responsible"], seen["holder"]) == ("in_transit", PHONG_DIEN,
+                                                                    None)
+    accept = await ok(gateway, PHONG_DIEN, step(PHONG_DIEN, COMMUNE, "accept", about=handover))
+    await gateway.wait_state(accept, COMMUNE, "delivered")  # the accept travels back
+    assert (await view(gateway, PHONG_DIEN))["holder"] == PHONG_DIEN
+    result = await ok(gateway, PHONG_DIEN, step(PHONG_DIEN, COMMUNE, "result"))
+    await gateway.wait_state(result, COMMUNE, "delivered")
+    done = await view(gateway, COMMUNE)
+    assert done["phase"] == "completed" and done["timeliness"] in {"early", "on_time"}
+    assert [(h["agency"], h["accepted"]) for h in done["holds"]] == [
+        (COMMUNE, True), (PHONG_DIEN, True)]
+    trace = await (await gateway.client.get(f"/api/v1/dossiers/{CODE}/trace",
+                                            headers=await gateway.auth(COMMUNE))).json()
+    assert [(s["seq"], s["step"], s["actor"]) for s in trace["steps"]] == [
+        (1, "handover", COMMUNE), (2, "accept", PHONG_DIEN), (3, "result", PHONG_DIEN)]
+    # Completing twice is refused, and changes nothing.
+    await refused(gateway, PHONG_DIEN, step(PHONG_DIEN, COMMUNE, "result"), 409, "/body/action")
+
+
+async def test_illegal_steps_change_nothing(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(broker=False)
+    # Only the receiving agency can start a dossier it received.
+    response = await gateway.send(OTHER_COMMUNE, dossier(OTHER_COMMUNE, PHONG_DIEN))
+    assert response.status == 403
+    handover = await ok(gateway, COMMUNE, dossier(COMMUNE, PHONG_DIEN))
+    # Accepting a dossier that was never sent to you.
+    await refused(gateway, PROVINCE, step(PROVINCE, COMMUNE, "accept", about=handover), 403,
+                  "/body/about")
+    # Handing over a dossier in transit; handing it to two agencies.
+    await refused(gateway, COMMUNE, dossier(COMMUNE, PROVINCE), 409, "/body/dossier")
+    two = dossier(COMMUNE, PHONG_DIEN)
+    two["header"]["to"].append({"agency": PROVINCE})
+    await refused(gateway, COMMUNE, two, 422, "/header/to")
+    # A result from an agency that does not hold it.
+    await refused(gateway, COMMUNE, step(COMMUNE, PHONG_DIEN, "result"), 409, "/body/dossier")
+    # The accept goes back to who handed it over, not elsewhere.
+    await refused(gateway, PHONG_DIEN, step(PHONG_DIEN, PROVINCE, "accept", about=handover),
+                  422, "/header/to")
+    # Another agency cannot read it.
+    response = await gateway.client.get(f"/api/v1/dossiers/{CODE}",
+                                        headers=await gateway.auth(PROVINCE))
+    assert response.status == 403
+
+
+async def test_return_passing_on_and_apology(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(broker=False)
+    first = await ok(gateway, COMMUNE, dossier(COMMUNE, PHONG_DIEN))
+    await ok(gateway, PHONG_DIEN, step(PHONG_DIEN, COMMUNE, "return", about=first,
+                                       reason="Thiếu bản vẽ thiết kế"))
+    back = await view(gateway, COMMUNE)
+    assert (back["phase"], back["holder"], back["returns"]) == ("held", COMMUNE, 1)
+    # Completed, the commune hands it over again; the district passes it on to the province.
+    second = await ok(gateway, COMMUNE, dossier(COMMUNE, PHONG_DIEN))
+    await ok(gateway, PHONG_DIEN, step(PHONG_DIEN, COMMUNE, "accept", about=second))
+    up = await ok(gateway, PHONG_DIEN, dossier(COMMUNE, PROVINCE, step=1) | {
+        "header": {"sender": PHONG_DIEN, "to": [{"agency": PROVINCE}]}})
+    await ok(gateway, PROVINCE, step(PROVINCE, PHONG_DIEN, "accept", about=up))
+    # The province is late and apologises to the commune where the citizen waits.
+    await ok(gateway, PROVINCE, step(PROVINCE, COMMUNE, "apology", reason="Chờ ý kiến sở",
+                                     appointment_at="2026-12-16T17:00:00+07:00"))
+    await ok(gateway, PROVINCE, step(PROVINCE, COMMUNE, "result"))
+    done = await view(gateway, COMMUNE)
+    assert done["apologies"] == 1 and done["new_appointment_at"].startswith("2026-12-16")
+    assert [h["agency"] for h in done["holds"]] == [COMMUNE, PHONG_DIEN, COMMUNE, PHONG_DIEN,
+                                                    PROVINCE]
+    # The province's step was due 5 working days after its hand-over (when a calendar runs).
+    assert done["holds"][-1]["accepted"] is True
