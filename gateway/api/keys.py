@@ -7,6 +7,7 @@ from aiohttp import web
 from gateway.broker import Broker
 from gateway.delivery import DeliveryWorker
 from gateway.directory import Directory
+from gateway.dossiers import WorkingDays
 from gateway.relay import OutboxRelay
 from gateway.settings import Settings
 from gateway.signatures import SignatureSettings
@@ -18,6 +19,8 @@ STORE = web.AppKey("store", Store)
 BROKER = web.AppKey("broker", Broker)
 RELAY = web.AppKey("relay", OutboxRelay)
 WORKER = web.AppKey("worker", DeliveryWorker)
+#: the working-day calendar for dossier deadlines
+CALENDAR = web.AppKey("calendar", WorkingDays)
 #: trust store, registered certificates and policies; absent: signatures are not checked
 SIGNATURES = web.AppKey("signatures", SignatureSettings)
 
