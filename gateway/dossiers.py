@@ -186,7 +186,9 @@ def _create(event: Event, code: str) -> DossierState:
             f"dossier {code} was received at {receiving}: only it can first hand it over",
             errors=[FieldError("/body/code", "a dossier of another agency")],
         )
-    assert event.received_at is not None and event.appointment_at is not None and event.to
+    if event.received_at is None or event.appointment_at is None:
+        raise _refuse(f"dossier {code}: its first hand-over carries the received and "
+                      "appointment dates")
     base = DossierState(
         code=code, receiving_agency=receiving, received_at=event.received_at,
         appointment_at=event.appointment_at, phase=Phase.HELD, holder=receiving,
@@ -212,8 +214,7 @@ def _must_hold(s: DossierState, event: Event) -> None:
 
 def _handover(s: DossierState, event: Event) -> DossierState:
     _must_hold(s, event)
-    assert event.to is not None
-    if event.to == event.actor:
+    if event.to is None or event.to == event.actor:
         raise _refuse("a dossier is handed over to another agency", "/header/to")
     pending = Pending(event.message_id, event.actor, event.to, event.at, event.due_at)
     holds = (*_close(s.holds, event.at),
