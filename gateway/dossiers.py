@@ -61,6 +61,7 @@ class Step(enum.StrEnum):
     RESULT = "result"
     APOLOGY = "apology"
     ALERT = "alert"
+    TRANSFER = "transfer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,8 @@ def apply(state: DossierState | None, event: Event, code: str) -> DossierState:
                                 errors=[FieldError("/body/dossier", "not involved")])
             return replace(s, new_appointment_at=event.appointment_at,
                            apologies=s.apologies + 1)
+        case Step.TRANSFER:
+            return _transfer(s, event)
         case Step.ALERT:
             key = (event.alert or "", event.about or "")
             return replace(s, alerts=(*s.alerts, key))
@@ -239,6 +242,20 @@ def _answer(s: DossierState, event: Event) -> DossierState:
     # Returned: back in the sender's hands, with no step running until it hands it over again.
     return replace(s, phase=Phase.HELD, holder=p.sender, pending=None, returns=s.returns + 1,
                    holds=(*_close(s.holds, event.at), Hold(p.sender, event.at)), due_at=None)
+
+
+def _transfer(s: DossierState, event: Event) -> DossierState:
+    if s.phase is Phase.COMPLETED:
+        raise _refuse(f"dossier {s.code} is completed", "/body/action")
+    if s.responsible != event.actor or event.to is None or event.to == event.actor:
+        raise _refuse(f"dossier {s.code} is not in the hands of {event.actor}")
+    last = s.holds[-1]
+    holds = (*_close(s.holds, event.at),
+             Hold(event.to, event.at, due_at=last.due_at, accepted=last.accepted))
+    pending = replace(s.pending, receiver=event.to) if s.pending else None
+    holder = event.to if s.holder is not None else None
+    return replace(s, holds=holds, pending=pending, holder=holder,
+                   involved=s.involved | {event.to})
 
 
 def fold(code: str, events: Iterable[Event]) -> DossierState | None:

@@ -37,6 +37,9 @@ class Model:
             return True
         if step is Step.APOLOGY:
             return not self.completed and actor in self.involved
+        if step is Step.TRANSFER:
+            responsible = self.pending[2] if self.pending else self.holder
+            return not self.completed and responsible == actor and to not in (None, actor)
         if self.completed:
             return False
         if step is Step.HANDOVER:
@@ -59,6 +62,12 @@ class Model:
             self.holder, self.pending = self.pending[1], None
         elif step is Step.RESULT:
             self.completed = True
+        elif step is Step.TRANSFER:
+            self.involved.add(to or "")
+            if self.pending:
+                self.pending = (self.pending[0], self.pending[1], to or "")
+            else:
+                self.holder = to
 
 
 steps = st.lists(
@@ -97,7 +106,8 @@ def test_fold_accepts_exactly_the_legal_steps(sequence: list[tuple[Step, str, st
             about = (model.pending[0] if model.pending and right_about else "wrong")
         event = Event(
             seq=len(accepted) + 1, step=step, actor=actor, at=T0 + timedelta(hours=i),
-            message_id=message_id, to=to if step is Step.HANDOVER else None, about=about,
+            message_id=message_id, to=to if step in (Step.HANDOVER, Step.TRANSFER) else None,
+            about=about,
             received_at=T0, appointment_at=T0 + timedelta(days=20),
             alert="overdue" if step is Step.ALERT else None,
         )
