@@ -436,7 +436,7 @@ async def run_gateway(
 
 async def delete_topology(settings: Settings) -> None:
     """Delete the namespace's queues and exchanges (passive declare first: only what exists)."""
-    topology = topo.build(settings)
+    topology = topo.build(settings, load_directory(settings.directory_path))
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
         channel: AbstractChannel = await connection.channel()

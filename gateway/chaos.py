@@ -557,9 +557,17 @@ def _plan_messages(rng: random.Random, options: ChaosOptions, run: str, senders:
 def _derive_directory(folder: Path, push: Sequence[str], peer_base: str) -> Path:
     data = yaml.safe_load(DEFAULT_DIRECTORY.read_text(encoding="utf-8"))
     for entry in data["agencies"]:
+        signature = entry.get("signature") or {}
+        if signature.get("certificates"):  # relative to the sample's folder, not the copy's
+            signature["certificates"] = [
+                str(DEFAULT_DIRECTORY.parent / c) for c in signature["certificates"]
+            ]
         if entry["code"] in push:
             entry["delivery"] = {"mode": "push", "endpoint": f"{peer_base}/receive/{entry['code']}"}
-        elif entry.get("delivery", {}).get("mode") == "push":
+        elif entry.get("delivery", {}).get("mode") in {"push", "hub", "amqp", "portal"}:
+            # The chaos run plays push endpoints only; every other kind of agency reads its
+            # inbox, so that its messages are checked rather than dead-lettered for want of
+            # a hub, an AMQP consumer or a portal.
             entry["delivery"] = {"mode": "pull"}
     path = folder / "directory.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")

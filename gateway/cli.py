@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -19,6 +20,11 @@ from gateway.errors import GatewayError
 from gateway.settings import REPO_ROOT, Settings, parse_duration
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from adapters.amqp_native import AmqpAccounts
+    from gateway.directory import Directory
+    from gateway.stats import Report
     from gateway.store.store import DeadLetterFilter
 
 SCHEMA_PATH = REPO_ROOT / "schemas" / "envelope.schema.json"
@@ -62,6 +68,9 @@ def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
+
+    if "LIENTHONG_LOG_LEVEL" not in os.environ:  # the demo's tables, not every log line
+        gw_logging.configure(level="warning", fmt=settings.log_format)
 
     return _run(run_demo(settings, keep=args.keep))
 
@@ -192,9 +201,90 @@ def cmd_dlq_discard(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_topology_export(settings: Settings, args: argparse.Namespace) -> int:
-    document = topo.definitions(topo.build(settings), vhost=args.vhost)
+    directory = load_directory(settings.directory_path,
+                               allow_insecure_push=settings.allow_insecure_push)
+    document = topo.definitions(topo.build(settings, directory), vhost=args.vhost)
     _write(args.output, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     return 0
+
+
+# AMQP-native agencies: their RabbitMQ users (adapters/amqp_native.py, docs/amqp-agencies.md).
+def _amqp_accounts(settings: Settings, args: argparse.Namespace
+                   ) -> tuple[Directory, AmqpAccounts]:
+    import shlex
+
+    from adapters.amqp_native import AmqpAccounts, RabbitmqCtl, vhost_of
+
+    command = shlex.split(args.rabbitmqctl)
+    if not command:
+        raise UsageError("--rabbitmqctl names no command")
+    directory = load_directory(settings.directory_path,
+                               allow_insecure_push=settings.allow_insecure_push)
+    accounts = AmqpAccounts(RabbitmqCtl(command, node=args.node),
+                            topo.build(settings, directory), vhost=vhost_of(settings.amqp_url))
+    return directory, accounts
+
+
+def cmd_amqp_grant(settings: Settings, args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    public = args.public_url or settings.amqp_url
+    if urlsplit(public).scheme not in {"amqp", "amqps"} or not urlsplit(public).hostname:
+        raise UsageError(f"--public-url {public!r} is not an amqp:// or amqps:// URL")
+    directory, accounts = _amqp_accounts(settings, args)
+    agency = directory.get(args.code)
+    accounts.check_agency(agency)  # before anything runs
+
+    async def go() -> int:
+        grant = await accounts.grant(agency)
+        done = "created" if grant.created else \
+            "given a new password (its open connections were closed)"
+        sys.stderr.write(
+            f"AMQP user {grant.access.user} {done} for {agency.code} ({agency.name}); "
+            "its URL with the password (shown once), then its queue:\n"
+        )
+        sys.stdout.write(f"{grant.url(public)}\n{grant.access.queue}\n")
+        return 0
+
+    return _run(go())
+
+
+def cmd_amqp_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    _directory, accounts = _amqp_accounts(settings, args)
+
+    async def go() -> int:
+        user = accounts.access(args.code).user
+        if not await accounts.revoke(args.code):
+            sys.stderr.write(f"lienthong: {args.code} has no AMQP user ({user}) to revoke\n")
+            return 1
+        sys.stdout.write(f"deleted AMQP user {user}; its connections were closed\n")
+        return 0
+
+    return _run(go())
+
+
+def cmd_amqp_ls(settings: Settings, args: argparse.Namespace) -> int:
+    from adapters.amqp_native import queue_depths
+
+    directory, accounts = _amqp_accounts(settings, args)
+
+    async def go() -> int:
+        rows = await accounts.accounts(directory)
+        try:
+            depths = await queue_depths(settings.amqp_url, [r.access.queue for r in rows])
+        except GatewayError as exc:
+            sys.stderr.write(f"lienthong: queue depths unknown: {exc.detail}\n")
+            depths = {}
+        sys.stdout.write(f"{'agency':13}  {'state':18}  {'messages':>8}  {'consumers':>9}  "
+                         "user / queue\n")
+        for r in rows:
+            messages, consumers = (str(n) for n in depths.get(r.access.queue, ("-", "-")))
+            sys.stdout.write(f"{r.code:13}  {r.state:18}  {messages:>8}  {consumers:>9}  "
+                             f"{r.access.user} / {r.access.queue}\n")
+        sys.stderr.write(f"{len(rows)} AMQP agencies and users\n")
+        return 0
+
+    return _run(go())
 
 
 def cmd_schema_export(_settings: Settings, args: argparse.Namespace) -> int:
@@ -243,6 +333,152 @@ def cmd_directory_check(settings: Settings, args: argparse.Namespace) -> int:
     summary = ", ".join(f"{n} {level}" for level, n in by_level.items())
     sys.stdout.write(f"{path}: {len(directory)} agencies ({summary})\n")
     return 0
+
+
+def _aware_instant(text: str) -> datetime:
+    from datetime import datetime
+
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO date-time like 2026-02-13T15:00+07:00") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone: add one, e.g. {text}+07:00")
+    return value
+
+
+def cmd_calendar_due(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.calendar import WEEKDAY_NAMES, load_calendar
+
+    calendar = load_calendar(Path(args.file) if args.file else settings.calendar_path)
+    received = args.start
+    try:
+        due = calendar.add_working_days(received, args.days)
+    except ValueError as exc:
+        raise UsageError(f"--days: {exc}") from None
+    start = calendar.counting_start(received)
+    local = received.astimezone(calendar.tz)
+
+    def day(d: datetime) -> str:
+        return f"{d.isoformat()}  {WEEKDAY_NAMES[d.weekday()]}"
+
+    out = [f"received  {day(local)}", f"counted   from {day(start)}"
+           + ("" if start.date() == local.date() else
+              f" (received after {calendar.hours.cutoff:%H:%M} or on a day off)"),
+           f"due       {day(due)}  ({args.days:g} working days)"]
+    for d, why in calendar.days_off(local.date(), due.date()):
+        weekday = WEEKDAY_NAMES[d.weekday()]
+        out.append(f"skipped   {d.isoformat()}  {weekday}" + ("" if why == weekday else f": {why}"))
+    sys.stdout.write("\n".join(out) + "\n")
+    for note in calendar.notes(local.date(), due.date()):
+        sys.stderr.write(f"lienthong: note: {note}\n")
+    return 0
+
+
+def cmd_calendar_check(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import date, timedelta
+
+    from gateway.calendar import load_calendar
+
+    path = Path(args.path) if args.path else settings.calendar_path
+    calendar = load_calendar(path)
+    counts = {kind: sum(o.kind == kind for o in calendar.overrides)
+              for kind in ("days_off", "working_days", "corrections")}
+    h = calendar.hours
+    years = ", ".join(str(y) for y in sorted(calendar.declared_years)) or "none"
+    sys.stdout.write(
+        f"{path}: ok; years declared: {years} ({counts['days_off']} days off, "
+        f"{counts['working_days']} working days, {counts['corrections']} corrections); "
+        f"holidays: {calendar.country or 'none'}; office hours {h.morning_start:%H:%M}-"
+        f"{h.morning_end:%H:%M}, {h.afternoon_start:%H:%M}-{h.afternoon_end:%H:%M}, "
+        f"cut-off {h.cutoff:%H:%M}\n")
+    today = date.today()
+    for note in calendar.notes(today, today + timedelta(days=365)):
+        sys.stderr.write(f"lienthong: note: {note}\n")
+    return 0
+
+
+# Dossier statistics (gateway/stats.py): what the API serves, exported, or checked against the
+# dossiers' raw steps.
+_STATS_HEADINGS = {
+    "received": "recv", "handed_over": "sent", "accepted": "acc", "returned": "ret",
+    "completed_early": "early", "completed_on_time": "ontime", "completed_late": "late",
+    "in_progress_on_time": "prog", "in_progress_overdue": "overdue", "apologies": "apology",
+    "steps_ended": "steps", "avg_working_days_per_step": "days",
+}
+
+
+def _stats(settings: Settings, args: argparse.Namespace, *, check: bool) -> Any:
+    """The window the options ask for, then the served report (or, with ``check``, the
+    verification) computed on the store."""
+    from gateway.calendar import load_calendar
+    from gateway.stats import BadWindow, default_range, parse_day, window
+    from gateway.store import stats_rows
+    from gateway.store.store import Store, utcnow
+
+    now = utcnow()
+    try:
+        first, until = default_range(now, args.period)
+        if args.start is not None:
+            first = parse_day("from", args.start)
+        if args.end is not None:
+            until = parse_day("to", args.end)
+        win = window(args.period, first, until)
+    except BadWindow as exc:
+        raise UsageError(f"--{exc.field}: {exc.detail}") from None
+    calendar = load_calendar(settings.calendar_path)
+
+    async def go() -> Any:
+        async with Store.open(settings.store_url) as store:
+            if check:
+                return await stats_rows.verify(store, win, calendar, now)
+            return await stats_rows.served(store, win, calendar, now, args.agency)
+
+    return asyncio.run(go())
+
+
+def cmd_stats_show(settings: Settings, args: argparse.Namespace) -> int:
+    report: Report = _stats(settings, args, check=False)
+    rows = report.rows(None if args.agency is None else [args.agency])
+    widths = {name: max(len(short), 5) for name, short in _STATS_HEADINGS.items()}
+    out = [f"{'agency':13}  {'period':10}  "
+           + "  ".join(f"{short:>{widths[n]}}" for n, short in _STATS_HEADINGS.items())]
+    for row in rows:
+        out.append(f"{row['agency']:13}  {row['period']:10}  " + "  ".join(
+            f"{'-' if row[n] is None else row[n]:>{widths[n]}}" for n in _STATS_HEADINGS))
+    sys.stdout.write("\n".join(out) + "\n")
+    w = report.window
+    sys.stderr.write(
+        f"{len(rows)} row(s): {w.period}s from {w.start.date()} to {w.end.date()} (Vietnam "
+        "time); recv received, sent handed over, acc accepted, ret returned (trả lại), "
+        "early/ontime/late completed, prog/overdue in progress at the period's end, steps "
+        "ended and their mean working days\n")
+    return 0
+
+
+def cmd_stats_export(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+
+    from gateway.stats import csv_text
+
+    report: Report = _stats(settings, args, check=False)
+    agencies = None if args.agency is None else [args.agency]
+    if args.format == "csv":
+        _write(args.output, csv_text(report.rows(agencies)))
+    else:
+        _write(args.output, orjson.dumps(report.document(agencies),
+                                         option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def cmd_stats_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.stats import Verification
+
+    found: Verification = _stats(settings, args, check=True)
+    lines = found.summary()
+    (sys.stdout if found.ok else sys.stderr).write("\n".join(lines) + "\n")
+    return 0 if found.ok else 1
 
 
 Command = Callable[[Settings, argparse.Namespace], int]
@@ -330,10 +566,62 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("chaos", add_help=False, help="kill the broker and the gateway under load; "
                    "prove nothing is lost or delivered twice (lienthong chaos --help)")
 
+    amqp = sub.add_parser("amqp", help="RabbitMQ users of AMQP-native agencies")
+    amqp_sub = amqp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    amqp_grant = add("grant", cmd_amqp_grant, "create an agency's RabbitMQ user or give it a "
+                     "new password; print its AMQP URL (once) and its queue", amqp_sub)
+    amqp_grant.add_argument("code", type=_agency, help="an agency with delivery: {mode: amqp}")
+    amqp_grant.add_argument("--public-url", metavar="URL",
+                            help="amqp(s)://host:port the agency connects to "
+                            "(default: LIENTHONG_AMQP_URL's)")
+    amqp_revoke = add("revoke", cmd_amqp_revoke,
+                      "delete an agency's RabbitMQ user (its connections close)", amqp_sub)
+    amqp_revoke.add_argument("code", type=_agency)
+    amqp_ls = add("ls", cmd_amqp_ls, "AMQP agencies and users: state, messages waiting, "
+                  "consumers", amqp_sub)
+    for sp in (amqp_grant, amqp_revoke, amqp_ls):
+        sp.add_argument("--rabbitmqctl", default="rabbitmqctl", metavar="COMMAND",
+                        help="how to run rabbitmqctl, e.g. 'sudo -u rabbitmq rabbitmqctl' or "
+                        "'docker exec rmq rabbitmqctl' (default: rabbitmqctl)")
+        sp.add_argument("--node", help="the RabbitMQ node (rabbitmqctl --node)")
+
     directory = sub.add_parser("directory", help="the agency directory")
     directory_sub = directory.add_subparsers(dest="action", required=True, metavar="ACTION")
     check = add("check", cmd_directory_check, "load and check a directory file", directory_sub)
     check.add_argument("path", nargs="?", help="default: LIENTHONG_DIRECTORY")
+
+    stats = sub.add_parser("stats", help="dossier statistics (thống kê hồ sơ) per agency and "
+                           "period")
+    stats_sub = stats.add_subparsers(dest="action", required=True, metavar="ACTION")
+    stats_show = add("show", cmd_stats_show, "print the figures the API serves", stats_sub)
+    stats_export = add("export", cmd_stats_export, "write the figures as CSV or JSON",
+                       stats_sub)
+    stats_export.add_argument("--format", choices=("csv", "json"), default="csv")
+    stats_export.add_argument("-o", "--output", help="file to write (default: stdout)")
+    stats_verify = add("verify", cmd_stats_verify, "recompute the figures from every dossier's "
+                       "raw steps and compare; name the first differences", stats_sub)
+    for sp in (stats_show, stats_export, stats_verify):
+        sp.add_argument("--period", choices=("day", "month", "quarter", "year"),
+                        default="month")
+        sp.add_argument("--from", dest="start", metavar="DATE",
+                        help="first day, e.g. 2026-01-01 (default: 1 January this year)")
+        sp.add_argument("--to", dest="end", metavar="DATE",
+                        help="day after the last, e.g. 2027-01-01 (default: the end of the "
+                        "current period)")
+    for sp in (stats_show, stats_export):
+        sp.add_argument("--agency", type=_agency, help="only this agency")
+
+    calendar = sub.add_parser("calendar", help="working days (lịch ngày làm việc) for deadlines")
+    calendar_sub = calendar.add_subparsers(dest="action", required=True, metavar="ACTION")
+    due = add("due", cmd_calendar_due, "the due instant of N working days from a receipt, and "
+              "the days off skipped", calendar_sub)
+    due.add_argument("--from", dest="start", type=_aware_instant, required=True,
+                     metavar="INSTANT", help="when the dossier was received, with its time zone "
+                     "(e.g. 2026-02-13T15:00+07:00)")
+    due.add_argument("--days", type=float, required=True, help="working days (halves allowed)")
+    due.add_argument("--file", help="calendar file (default: LIENTHONG_CALENDAR_PATH)")
+    ccheck = add("check", cmd_calendar_check, "load and check a calendar file", calendar_sub)
+    ccheck.add_argument("path", nargs="?", help="default: LIENTHONG_CALENDAR_PATH")
     return p
 
 

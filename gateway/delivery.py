@@ -68,10 +68,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import orjson
@@ -87,6 +87,9 @@ from gateway.errors import GatewayError, PermanentFailure, RetryLater
 from gateway.settings import Settings
 from gateway.store.store import State, Store
 from gateway.topology import Topology
+
+if TYPE_CHECKING:  # the relay imports this module's header helpers
+    from gateway.relay import OutboxRelay
 
 log = structlog.get_logger(__name__)
 
@@ -181,11 +184,15 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def wire_body(wire: WireFormat, canonical: bytes) -> tuple[bytes, str]:
-    """The body in the format the agency's system speaks (its directory entry says which)."""
+def wire_body(
+    wire: WireFormat, canonical: bytes, *, sign: Callable[[bytes], bytes] | None = None
+) -> tuple[bytes, str]:
+    """The body in the format the agency's system speaks (its directory entry says which);
+    edXML signed with ``sign`` (the gateway's key, :mod:`gateway.signing`) when given."""
     if wire is WireFormat.EDXML:
         try:
-            return encode_edxml(decode(canonical)), "application/xml"
+            package = encode_edxml(decode(canonical))
+            return (sign(package) if sign is not None else package), "application/xml"
         except GatewayError as exc:
             raise PermanentFailure(f"cannot write this message as edXML: {exc.detail}") from exc
     return canonical, "application/json"
@@ -249,14 +256,18 @@ class Transport(Protocol):
 class HttpPush:
     """Push mode: POST to the agency's endpoint, in the format its directory entry names."""
 
-    def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, timeout: float,
+        sign: Callable[[bytes], bytes] | None = None,
+    ) -> None:
         self.session = session
         self.timeout = timeout
+        self.sign = sign
 
     async def send(self, agency: Agency, delivery: Delivery) -> None:
         if agency.endpoint is None:
             raise PermanentFailure(f"agency {agency.code} has no push endpoint")
-        body, content_type = wire_body(agency.format, delivery.body)
+        body, content_type = wire_body(agency.format, delivery.body, sign=self.sign)
         await push(
             self.session, agency.endpoint, body, message_id=delivery.message_id,
             sender=delivery.sender, attempt=delivery.attempt, timeout=self.timeout,
@@ -276,10 +287,14 @@ class DeliveryWorker:
         settings: Settings,
         http: aiohttp.ClientSession,
         transports: Mapping[DeliveryMode, Transport] | None = None,
+        relay: OutboxRelay | None = None,
+        sign: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.store = store
+        self.relay = relay
         self.transports: dict[DeliveryMode, Transport] = {
-            DeliveryMode.PUSH: HttpPush(http, settings.push_timeout), **(transports or {})
+            DeliveryMode.PUSH: HttpPush(http, settings.push_timeout, sign=sign),
+            **(transports or {}),
         }
         self.broker = broker
         self.directory = directory
@@ -365,6 +380,10 @@ class DeliveryWorker:
             agency = self.directory.agencies.get(recipient)
             if agency is None:
                 raise PermanentFailure(f"recipient {recipient} is not in the directory")
+            if agency.successor is not None:
+                # Dissolved or merged while the message waited (the directory was reloaded).
+                await self._redirect(message, message_id, recipient, bound)
+                return
             transport = None
             if agency.mode is not DeliveryMode.PULL:
                 transport = self.transports.get(agency.mode)
@@ -428,6 +447,18 @@ class DeliveryWorker:
     ) -> None:
         if breaker.success(permit):
             bound.info("circuit.closed", agency=recipient)
+
+    async def _redirect(self, message: AbstractIncomingMessage, message_id: str,
+                        recipient: str, bound: Any) -> None:
+        successor = self.directory.current(recipient)
+        rows = await self.store.redirect(message_id, recipient, successor)
+        bound.info("delivery.redirected", successor=successor, new_recipient=bool(rows))
+        if rows and self.relay is not None:  # else the relay's sweep publishes them
+            try:
+                await self.relay.publish(rows)
+            except GatewayError as exc:  # committed: the relay's sweep publishes it later
+                bound.warning("delivery.redirect_publish_deferred", error=exc.detail)
+        await message.ack()
 
     async def _defer(
         self, message: AbstractIncomingMessage, recipient: str, attempt: int, wait: float,

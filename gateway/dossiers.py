@@ -117,6 +117,7 @@ class DossierState:
     returns: int = 0
     apologies: int = 0
     alerts: tuple[tuple[str, str], ...] = ()  # (level, step key) already raised
+    step_key: str | None = None  # the hand-over that started the running step
     seq: int = 0
     involved: frozenset[str] = field(default_factory=frozenset)
 
@@ -159,7 +160,9 @@ def apply(state: DossierState | None, event: Event, code: str) -> DossierState:
                 raise _refuse(f"dossier {code} is completed already", "/body/action")
             _must_hold(s, event)
             return replace(s, phase=Phase.COMPLETED, completed_at=event.at,
-                           holds=_close(s.holds, event.at), holder=event.to, due_at=None)
+                           holds=_close(s.holds, event.at), holder=s.receiving_agency,
+                           due_at=None,
+                           step_key=None)
         case Step.APOLOGY:
             if s.phase is Phase.COMPLETED:
                 raise _refuse(f"dossier {code} is completed: nothing to apologise for",
@@ -223,7 +226,7 @@ def _handover(s: DossierState, event: Event) -> DossierState:
     holds = (*_close(s.holds, event.at),
              Hold(event.to, event.at, due_at=event.due_at, accepted=False))
     return replace(s, phase=Phase.IN_TRANSIT, holder=None, pending=pending, holds=holds,
-                   due_at=event.due_at, handovers=s.handovers + 1,
+                   due_at=event.due_at, handovers=s.handovers + 1, step_key=event.message_id,
                    involved=s.involved | {event.to})
 
 
@@ -241,7 +244,8 @@ def _answer(s: DossierState, event: Event) -> DossierState:
         return replace(s, phase=Phase.HELD, holder=event.actor, pending=None, holds=holds)
     # Returned: back in the sender's hands, with no step running until it hands it over again.
     return replace(s, phase=Phase.HELD, holder=p.sender, pending=None, returns=s.returns + 1,
-                   holds=(*_close(s.holds, event.at), Hold(p.sender, event.at)), due_at=None)
+                   holds=(*_close(s.holds, event.at), Hold(p.sender, event.at)), due_at=None,
+                   step_key=None)
 
 
 def _transfer(s: DossierState, event: Event) -> DossierState:

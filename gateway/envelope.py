@@ -332,6 +332,7 @@ class DossierAction(enum.StrEnum):
     RESULT = "result"  # trả kết quả: the holder sends the result to the receiving agency
     APOLOGY = "apology"  # phiếu xin lỗi và hẹn lại ngày trả kết quả (reason, new date)
     ALERT = "alert"  # cảnh báo: the gateway's own, a step about to fall due or overdue
+    TRANSFER = "transfer"  # the gateway's own: a dissolved agency's dossier to its successor
 
 
 class AlertLevel(enum.StrEnum):

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from gateway.api.keys import BROKER, CALENDAR, DIRECTORY, RELAY, STORE
 from gateway.codecs import encode
+from gateway.directory import DeliveryMode
 from gateway.dossiers import Event, Step, WorkingDays, apply, fold
 from gateway.envelope import (
     AnyEnvelope,
@@ -121,9 +122,16 @@ async def admit(
         about, status_code = str(envelope.body.about), envelope.body.code.value
         effect = await _status_effect(app, agency, envelope, recipients)
     elif isinstance(envelope, DocumentEnvelope):
-        recipients, document = await _document_facts(
-            app, agency, envelope, recipients, str(message_id)
-        )
+        try:
+            recipients, document = await _document_facts(
+                app, agency, envelope, recipients, str(message_id)
+            )
+        except Conflict:
+            # The same package may have been committed since the lookup above: a replay.
+            earlier = await store.find_message(agency, str(message_id))
+            if earlier is not None and earlier[1] == request_hash:
+                return earlier[0]
+            raise
     elif isinstance(envelope, DossierEnvelope | DossierStatusEnvelope):
         recipients, dossier = await _dossier_step(
             app, agency, envelope, recipients, str(message_id)
@@ -281,7 +289,7 @@ async def _dossier_step(
     envelope: DossierEnvelope | DossierStatusEnvelope,
     recipients: tuple[str, ...],
     message_id: str,
-) -> tuple[tuple[str, ...], DossierWrite]:
+) -> tuple[tuple[str, ...], DossierWrite | None]:
     """A dossier step is legal only on the dossier's history (:func:`gateway.dossiers.apply`),
     and the gateway decides where it goes: a hand-over to the one agency it names; an accept
     or a return to who handed it over; a result or an apology to the receiving agency (from
@@ -291,6 +299,17 @@ async def _dossier_step(
     if isinstance(envelope, DossierEnvelope):
         body = envelope.body
         code = body.code
+        portals = [r for r in recipients if app[DIRECTORY].get(r).mode is DeliveryMode.PORTAL]
+        if portals:
+            # Progress reported to a public-service portal (đồng bộ hồ sơ): the portal
+            # follows the dossier, it never holds it, so this is not a hand-over.
+            if len(portals) != len(recipients):
+                raise UnprocessableRequest(
+                    "a dossier goes either to a portal (progress) or to one agency "
+                    "(hand-over), not both at once",
+                    errors=[FieldError("/header/to", "portals and agencies mixed")],
+                )
+            return recipients, None
         if len(recipients) != 1:
             raise UnprocessableRequest(
                 f"a dossier is handed over to one agency, not {len(recipients)}",
@@ -312,8 +331,8 @@ async def _dossier_step(
     state = fold(code, history)
     if state is None:
         raise NotFound(f"no dossier {code}")
-    if sbody.action is DossierAction.ALERT:
-        raise Forbidden("alerts are the gateway's own",
+    if sbody.action in {DossierAction.ALERT, DossierAction.TRANSFER}:
+        raise Forbidden(f"a {sbody.action.value} is the gateway's own step",
                         errors=[FieldError("/body/action", "not sent by agencies")])
     event = Event(
         seq=len(history) + 1, step=Step(sbody.action.value), actor=agency, at=now,

@@ -21,7 +21,7 @@ REDACTED = "[redacted]"
 _SECRET_KEY = re.compile(
     r"(token|secret|password|passwd|authorization|api[_-]?key|cookie|credential_value|"
     r"applicant|citizen|identity|id_number|cccd|cmnd|phone|email|address|birth|"
-    r"ho_?ten|so_?dinh_?danh|dien_?thoai|dia_?chi)",
+    r"ho_?ten|so_?dinh_?danh|dien_?thoai|dia_?chi|chu_?ho_?so|giay_?to)",
     re.IGNORECASE,
 )
 # Values that look like a secret wherever they appear: bearer tokens, our own token format,

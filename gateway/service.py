@@ -17,15 +17,22 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from adapters.amqp_native import AmqpTransport
+from adapters.central_hub import hub_poller_ctx, hub_transports
+from adapters.one_stop_shop import PortalTransport
+from gateway import scheduler as dossier_scheduler
 from gateway import topology as topo
 from gateway.api import create_app
-from gateway.api.keys import BROKER, DIRECTORY, RELAY, SETTINGS, STORE, WORKER
+from gateway.api.keys import BROKER, CALENDAR, DIRECTORY, RELAY, SETTINGS, STORE, WORKER
 from gateway.broker import Broker
+from gateway.calendar import load_calendar
 from gateway.deadletters import DeadLetterKeeper
 from gateway.delivery import DeliveryWorker
-from gateway.directory import Directory, load_directory
+from gateway.directory import DeliveryMode, Directory, load_directory
 from gateway.relay import OutboxRelay
 from gateway.settings import Settings
+from gateway.signing import SIGNER
+from gateway.signing import configure as configure_signatures
 from gateway.store.store import Store
 
 log = structlog.get_logger(__name__)
@@ -39,15 +46,23 @@ def build_app(
     workers: bool = True,
     relay_loop: bool = True,
     keeper: bool = True,
+    scheduler: bool = True,
 ) -> web.Application:
     """The whole gateway as an aiohttp app. ``broker=False`` gives the API on the store alone
     (accepted messages wait in the outbox); ``workers=False`` runs no delivery consumers and
-    ``keeper=False`` leaves dead letters in the dead-letter queue."""
+    ``keeper=False`` leaves dead letters in the dead-letter queue; ``scheduler=False`` sends
+    no dossier alerts and moves no dossiers to successors."""
     app = create_app(settings)
     app[DIRECTORY] = directory or load_directory(
         settings.directory_path, allow_insecure_push=settings.allow_insecure_push
     )
+    # Trust store, registered certificates, policies and our signing key: read once, here, so
+    # that a missing or unusable file stops start-up.
+    configure_signatures(app, settings, app[DIRECTORY])
+    app[CALENDAR] = load_calendar(settings.calendar_path)
     app.cleanup_ctx.append(_store_ctx)
+    if scheduler:
+        app.cleanup_ctx.append(_scheduler_ctx)
     if broker:
         app.cleanup_ctx.append(_broker_ctx)
         if relay_loop:
@@ -56,7 +71,17 @@ def build_app(
             app.cleanup_ctx.append(_workers_ctx)
         if keeper:
             app.cleanup_ctx.append(_keeper_ctx)
+        if settings.hub_url:  # the central hub's inbound side (outbound: _workers_ctx)
+            app.cleanup_ctx.append(hub_poller_ctx)
     return app
+
+
+async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(dossier_scheduler.run(app), name="dossier-scheduler")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -70,7 +95,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     name = f"lienthong@{socket.gethostname()}:{os.getpid()}"
-    async with Broker.open(settings.amqp_url, topo.build(settings), name=name) as broker:
+    # With the directory: each AMQP-mode agency's queue is declared too.
+    topology = topo.build(settings, app[DIRECTORY])
+    async with Broker.open(settings.amqp_url, topology, name=name) as broker:
         app[BROKER] = broker
         app[RELAY] = OutboxRelay(app[STORE], broker, settings)
         yield
@@ -90,7 +117,15 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(timeout=timeout) as http:
         worker = DeliveryWorker(
             store=app[STORE], broker=app[BROKER], directory=app[DIRECTORY],
-            settings=settings, http=http,
+            settings=settings, http=http, relay=app[RELAY],
+            # Mode hub only with LIENTHONG_HUB_URL; without it the worker dead-letters
+            # those messages ("no hub transport is configured").
+            transports={DeliveryMode.AMQP: AmqpTransport(
+                            app[BROKER], sign=app[SIGNER].sign if SIGNER in app else None),
+                        DeliveryMode.PORTAL: PortalTransport(
+                            http, secret=settings.portal_secret, timeout=settings.push_timeout),
+                        **hub_transports(app, http)},
+            sign=app[SIGNER].sign if SIGNER in app else None,  # edXML pushes, our key
         )
         await worker.start()
         app[WORKER] = worker

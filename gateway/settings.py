@@ -21,6 +21,7 @@ from gateway.errors import ConfigError
 PREFIX = "LIENTHONG_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIRECTORY = REPO_ROOT / "deploy" / "directory.yaml"
+DEFAULT_CALENDAR = REPO_ROOT / "deploy" / "calendar.yaml"
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -139,6 +140,19 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _agency_code(text: str) -> str:
+    if not re.fullmatch(r"\d{3}\.\d{2}\.\d{2}\.[A-Z]\d{2}", text):
+        raise ValueError("must be an agency code like 000.00.00.A00")
+    return text
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise ValueError("must be a number of at least 0")
+    return value
+
+
 def _http_url_or_empty(text: str) -> str:
     if text and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
         raise ValueError("must be an http:// or https:// URL, or empty")
@@ -159,6 +173,8 @@ class Settings:
     data_dir: Path = Path("var")
     database_url: str = ""  # empty: SQLite file under data_dir
     directory_path: Path = DEFAULT_DIRECTORY
+    # Working days and office hours for dossier deadlines (lịch ngày làm việc).
+    calendar_path: Path = DEFAULT_CALENDAR
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     namespace: str = "lienthong"  # prefix of every exchange and queue name
@@ -196,6 +212,12 @@ class Settings:
     signing_certificate: str = ""  # PEM certificate (and chain) of that key
     # Public-service portals (Cổng dịch vụ công): the shared secret of their progress API.
     portal_secret: str = ""
+    # Dossier deadlines: the gateway's own sender code for alerts and transfers (mã định danh
+    # của hệ thống), how often the scheduler looks, and how many working days before a step
+    # falls due it warns.
+    system_code: str = "000.00.00.A00"
+    scheduler_interval: float = 60.0
+    alert_warning_days: float = 1.0
 
     @property
     def store_url(self) -> str:
@@ -257,6 +279,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "data_dir": Path,
     "database_url": _db_url,
     "directory_path": Path,
+    "calendar_path": Path,
     "http_host": str,
     "http_port": _port,
     "namespace": _namespace,
@@ -289,6 +312,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "signing_key": str,
     "signing_certificate": str,
     "portal_secret": str,
+    "system_code": _agency_code,
+    "scheduler_interval": _positive_duration,
+    "alert_warning_days": _non_negative_float,
 }
 
 # Every field has a parser; checked at import so that a new field cannot be forgotten.

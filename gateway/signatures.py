@@ -724,12 +724,6 @@ def sign_package(
     that cannot be used, :class:`~gateway.errors.MalformedInput` for XML that is not, and
     ``ValueError`` for a package that already carries a signature (the gateway signs what it
     writes, never on top of someone else's signature)."""
-    parsed = _parse(raw_xml, limits)
-    if parsed.syntax_error is not None:
-        raise MalformedInput(f"cannot sign XML that is not well-formed: {parsed.syntax_error}")
-    root = parsed.root
-    if _signatures(root):
-        raise ValueError("the package already carries a Signature")
     key = _load_key(key_pem, password)
     chain = _load_pems(cert_pem, "signing certificate")
     if not chain:
@@ -740,6 +734,24 @@ def sign_package(
         der, public
     ):
         raise ConfigError("signing key: it is not the key of the (first) signing certificate")
+    return sign_with(raw_xml, key=key, chain=chain, limits=limits)
+
+
+def sign_with(
+    raw_xml: bytes,
+    *,
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    chain: Sequence[x509.Certificate],
+    limits: XmlLimits = DEFAULT_LIMITS,
+) -> bytes:
+    """:func:`sign_package` with a key and certificate chain already loaded and checked (the
+    gateway's signer loads them once)."""
+    parsed = _parse(raw_xml, limits)
+    if parsed.syntax_error is not None:
+        raise MalformedInput(f"cannot sign XML that is not well-formed: {parsed.syntax_error}")
+    root = parsed.root
+    if _signatures(root):
+        raise ValueError("the package already carries a Signature")
     method = (
         SignatureMethod.RSA_SHA256
         if isinstance(key, rsa.RSAPrivateKey)

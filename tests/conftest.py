@@ -92,7 +92,7 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 @pytest.fixture
 async def settings(
-    tmp_path: Path, db_url: str, amqp_url: str
+    tmp_path: Path, db_url: str, amqp_url: str, sample_directory: Directory
 ) -> AsyncIterator[Settings]:
     """Settings with a namespace of the test's own; its queues are deleted afterwards."""
     value = Settings(
@@ -112,7 +112,8 @@ async def settings(
         log_level="warning",
     )
     yield value
-    await delete_topology(amqp_url, topo.build(value))
+    # With the sample directory: its AMQP-mode agencies' queues go too.
+    await delete_topology(amqp_url, topo.build(value, sample_directory))
 
 
 @dataclass
@@ -185,7 +186,8 @@ async def make_gateway(
     async def start(**options: Any) -> Gateway:
         server = await aiohttp_server(push_endpoint.app())
         directory = with_endpoint(
-            sample_directory, PUSH_AGENCY, str(server.make_url("/receive"))
+            options.pop("directory", sample_directory), PUSH_AGENCY,
+            str(server.make_url("/receive")),
         )
         app_settings = options.pop("settings", settings)
         client = await aiohttp_client(build_app(app_settings, directory, **options))

@@ -11,6 +11,7 @@ from gateway.api.keys import SETTINGS
 from gateway.api.ops import routes as ops_routes
 from gateway.api.problems import problems_middleware
 from gateway.api.routes import routes
+from gateway.api.stats import routes as stats_routes
 from gateway.settings import Settings
 
 
@@ -23,5 +24,11 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(routes)
     app.add_routes(ops_routes)
     app.add_routes(dossier_routes)
+    app.add_routes(stats_routes)
     app.add_routes(edxml_routes)
+    # Imported here: the adapter builds on gateway.api.routes, so importing it at the top
+    # would make `import adapters.one_stop_shop` (before gateway.api) a circular import.
+    from adapters.one_stop_shop import routes as motcua_routes
+
+    app.add_routes(motcua_routes)
     return app

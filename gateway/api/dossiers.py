@@ -9,11 +9,12 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api.keys import AGENCY, CALENDAR, STORE
-from gateway.api.routes import json_response
+from gateway.api.keys import AGENCY, CALENDAR, SETTINGS, STORE
+from gateway.api.routes import int_param, json_response
 from gateway.dossiers import Hold, WorkingDays
-from gateway.envelope import DOSSIER_CODE_RE
-from gateway.errors import FieldError, Forbidden, MalformedInput
+from gateway.envelope import AGENCY_CODE_RE, DOSSIER_CODE_RE
+from gateway.errors import FieldError, Forbidden, MalformedInput, SchemaViolation
+from gateway.stats import completion
 from gateway.store.dossier_rows import DossierRow
 from gateway.store.store import utcnow
 
@@ -24,10 +25,8 @@ def timeliness(row: DossierRow, now: datetime) -> str:
     """Against the first appointment date (an apology's new date does not make a late dossier
     on time): ``early`` / ``on_time`` / ``late`` once completed (early: before the appointment
     day), else ``on_time`` or ``overdue``."""
-    if row.completed_at is not None:
-        if row.completed_at > row.appointment_at:
-            return "late"
-        return "early" if row.completed_at.date() < row.appointment_at.date() else "on_time"
+    if row.completed_at is not None:  # one rule with the statistics (days in Vietnam time)
+        return completion(row.completed_at, row.appointment_at)
     return "overdue" if now > row.appointment_at else "on_time"
 
 
@@ -109,3 +108,36 @@ async def get_dossier_trace(request: web.Request) -> web.Response:
         for e in await request.app[STORE].dossier_events(row.code)
     ]
     return json_response({"code": row.code, "steps": steps})
+
+
+@routes.get("/api/v1/ops/dossiers")
+async def ops_dossiers(request: web.Request) -> web.Response:
+    """Operators: open dossiers whose running step is overdue (``state=overdue``, the default)
+    or falls due within the warning window (``state=due_soon``), soonest first, optionally of
+    one responsible agency."""
+    state = request.query.get("state", "overdue")
+    if state not in {"overdue", "due_soon"}:
+        raise SchemaViolation("query parameter state must be overdue or due_soon",
+                              errors=[FieldError("query:state", "overdue or due_soon")])
+    agency = request.query.get("agency")
+    if agency is not None and not AGENCY_CODE_RE.fullmatch(agency):
+        raise SchemaViolation("query parameter agency must be an agency code",
+                              errors=[FieldError("query:agency", "e.g. 000.00.35.H57")])
+    limit = int_param(request, "limit", 100, 1, 1000)
+    now = utcnow()
+    calendar = request.app.get(CALENDAR)
+    warning = request.app[SETTINGS].alert_warning_days
+    horizon = calendar.add_working_days(now, warning) if calendar and warning else now
+    store = request.app[STORE]
+    codes = await store.open_dossiers(
+        due_before=now if state == "overdue" else horizon,
+        responsible=None if agency is None else [agency], limit=limit,
+    )
+    rows = [r for r in await store.dossier_rows(codes)
+            if state == "overdue" or (r.due_at is not None and r.due_at > now)]
+    return json_response({"state": state, "as_of": now, "items": [
+        {"code": r.code, "responsible": r.responsible, "receiving_agency": r.receiving_agency,
+         "phase": r.phase, "due_at": r.due_at, "appointment_at": r.appointment_at,
+         "timeliness": timeliness(r, now), "apologies": r.apologies}
+        for r in rows
+    ]})

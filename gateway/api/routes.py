@@ -214,9 +214,11 @@ def _inbox_item(entry: InboxEntry) -> dict[str, Any]:
     return item
 
 
-@routes.get("/api/v1/inbox")
-async def get_inbox(request: web.Request) -> web.Response:
-    """The calling agency's inbox, oldest first, paged by ``after`` (the last ``seq`` seen)."""
+async def inbox_page(
+    request: web.Request, item: Callable[[InboxEntry], dict[str, Any]]
+) -> web.Response:
+    """One page of the calling agency's inbox, oldest first, paged by ``after`` (the last
+    ``seq`` seen), each entry shown by ``item``: the rules of every inbox route."""
     agency: str = request[AGENCY]
     wanted = request.query.get("agency", agency)
     if wanted != agency:
@@ -234,8 +236,14 @@ async def get_inbox(request: web.Request) -> web.Response:
     )
     next_after = entries[-1].seq if len(entries) == limit else None
     return json_response(
-        {"agency": agency, "items": [_inbox_item(e) for e in entries], "next_after": next_after}
+        {"agency": agency, "items": [item(e) for e in entries], "next_after": next_after}
     )
+
+
+@routes.get("/api/v1/inbox")
+async def get_inbox(request: web.Request) -> web.Response:
+    """The calling agency's inbox, oldest first, paged by ``after`` (the last ``seq`` seen)."""
+    return await inbox_page(request, _inbox_item)
 
 
 @routes.post("/api/v1/inbox/{id}/ack")

@@ -34,6 +34,7 @@ from gateway.store.tables import (
     credentials,
     dead_letters,
     document_links,
+    dossiers,
     inbox,
     messages,
     outbox,
@@ -126,6 +127,7 @@ class State:
     DELIVERED = "delivered"
     READ = "read"
     FAILED = "failed"
+    REDIRECTED = "redirected"  # the agency was dissolved while the message waited: see redirect
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,6 +469,10 @@ class Store:
                     if found[1] != request_hash:
                         raise IdempotencyKeyReused() from None
                     return found[0]
+            else:  # the same message id raced (a package resent at once): replay if equal
+                found = await self.find_message(sender, message_id)
+                if found is not None and found[1] == request_hash:
+                    return found[0]
             if dossier is not None:
                 raise Conflict(
                     f"dossier {dossier.state.code} changed while this step was decided; "
@@ -569,6 +575,48 @@ class Store:
                 detail={"mode": mode, "attempt": attempt, "inbox": bool(inserted.rowcount)},
             )
         return True
+
+    async def redirect(self, message_id: str, agency: str, successor: str
+                       ) -> tuple[OutboxRow, ...]:
+        """A message waiting for ``agency``, which has since been dissolved or merged, goes to
+        its ``successor`` instead: the old recipient becomes ``redirected``, the successor a
+        recipient (addressed as the old code) with its outbox row, in one transaction. Nothing
+        happens (and nothing is returned) if the old recipient is no longer pending; no new
+        row if the successor already is a recipient."""
+        now = utcnow()
+        async with self.write() as conn:
+            changed = await conn.execute(
+                recipients.update()
+                .where(recipients.c.message_id == message_id, recipients.c.agency == agency,
+                       recipients.c.state == State.PENDING)
+                .values(state=State.REDIRECTED, updated_at=now,
+                        last_error=f"redirected to {successor}")
+            )
+            if not changed.rowcount:
+                return ()
+            message = (await conn.execute(
+                sa.select(messages.c.sender, messages.c.envelope)
+                .where(messages.c.id == message_id)
+            )).one()
+            inserted = await conn.execute(
+                _insert_ignore(conn, recipients).values(
+                    message_id=message_id, agency=successor, state=State.PENDING,
+                    addressed_as=agency, attempts=0, updated_at=now,
+                )
+            )
+            rows: tuple[OutboxRow, ...] = ()
+            if inserted.rowcount:
+                outbox_id = (await conn.execute(
+                    outbox.insert().returning(outbox.c.id).values(
+                        message_id=message_id, recipient=successor, created_at=now,
+                        publish_attempts=0,
+                    )
+                )).scalar_one()
+                rows = (OutboxRow(outbox_id, message_id, message.sender, successor,
+                                  message.envelope.encode()),)
+            await _audit(conn, "redirected", message_id=message_id, agency=agency,
+                         detail={"to": successor, "new_recipient": bool(rows)})
+        return rows
 
     async def record_retry(self, message_id: str, agency: str, *, attempt: int,
                            error: str) -> None:
@@ -759,6 +807,30 @@ class Store:
     async def dossier_events(self, code: str) -> list[Event]:
         async with self.read() as conn:
             return await dossier_rows.events(conn, code)
+
+    async def open_dossiers(self, *, responsible: Sequence[str] | None = None,
+                            due_before: datetime | None = None, limit: int = 1000
+                            ) -> list[str]:
+        """Codes of dossiers not completed: those some of ``responsible`` must act on, or
+        those whose running step falls due before ``due_before`` (soonest first)."""
+        where = [dossiers.c.phase != "completed"]
+        if responsible is not None:
+            if not responsible:
+                return []
+            where.append(dossiers.c.responsible.in_(list(responsible)))
+        if due_before is not None:
+            where.append(dossiers.c.due_at <= due_before)
+        async with self.read() as conn:
+            rows = await conn.execute(
+                sa.select(dossiers.c.code).where(*where)
+                .order_by(dossiers.c.due_at, dossiers.c.code).limit(limit)
+            )
+            return [r.code for r in rows]
+
+    async def dossier_rows(self, codes: Sequence[str]) -> list[DossierRow]:
+        async with self.read() as conn:
+            found = [await dossier_rows.row(conn, code) for code in codes]
+        return [r for r in found if r is not None]
 
     async def dossier(self, code: str) -> DossierRow:
         async with self.read() as conn:

@@ -4,6 +4,7 @@ versions of a document are linked."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -179,3 +180,17 @@ async def test_versions_are_linked(make_gateway: GatewayFactory) -> None:
     unknown = document(PROVINCE, [{"agency": HUE}])
     unknown["body"].update({"operation": "replace", "replaces": ["no such document"]})
     await refused(gateway, PROVINCE, unknown, 422, "/body/replaces/0")
+
+
+async def test_same_message_id_sent_twice_at_once_is_one_message(
+    make_gateway: GatewayFactory,
+) -> None:
+    # Found by the hub bridge: two pollers (or a resending system) racing with one package.
+    gateway = await make_gateway(broker=False)
+    envelope = document(PROVINCE, [{"agency": HUE}], id=str(uuid.uuid4()))
+    answers = await asyncio.gather(*(gateway.send(PROVINCE, envelope) for _ in range(4)))
+    assert [a.status for a in answers] == [202] * 4
+    ids = {(await a.json())["id"] for a in answers}
+    assert ids == {envelope["header"]["id"]}
+    replayed = [a.headers.get("Idempotent-Replayed") for a in answers]
+    assert replayed.count("true") == 3

@@ -111,8 +111,8 @@ async def test_illegal_steps_change_nothing(make_gateway: GatewayFactory) -> Non
     assert response.status == 403
 
 
-async def test_return_passing_on_and_apology(make_gateway: GatewayFactory) -> None:
-    gateway = await make_gateway(broker=False)
+async def test_return_passing_on_and_apology(gateway: Gateway) -> None:
+    # Through the real broker: every step is a message delivered like any other.
     first = await ok(gateway, COMMUNE, dossier(COMMUNE, PHONG_DIEN))
     await ok(gateway, PHONG_DIEN, step(PHONG_DIEN, COMMUNE, "return", about=first,
                                        reason="Thiếu bản vẽ thiết kế"))
@@ -132,5 +132,48 @@ async def test_return_passing_on_and_apology(make_gateway: GatewayFactory) -> No
     assert done["apologies"] == 1 and done["new_appointment_at"].startswith("2026-12-16")
     assert [h["agency"] for h in done["holds"]] == [COMMUNE, PHONG_DIEN, COMMUNE, PHONG_DIEN,
                                                     PROVINCE]
+    trace = await (await gateway.client.get(f"/api/v1/dossiers/{CODE}/trace",
+                                            headers=await gateway.auth(COMMUNE))).json()
+    for s in trace["steps"]:  # each step reached the agency it was for
+        message = await gateway.store.message(s["message_id"])
+        for r in message.recipients:
+            await gateway.wait_state(message.id, r.agency, "delivered")
     # The province's step was due 5 working days after its hand-over (when a calendar runs).
     assert done["holds"][-1]["accepted"] is True
+
+
+async def test_progress_to_a_portal_is_not_a_handover(make_gateway: GatewayFactory) -> None:
+    # Found with the one-stop-shop adapter: a portal follows a dossier, it never holds it.
+    gateway = await make_gateway(broker=False)
+    portal = "000.20.01.H57"  # Cổng dịch vụ công tỉnh
+    handover = await ok(gateway, COMMUNE, dossier(COMMUNE, PHONG_DIEN))
+    await ok(gateway, COMMUNE, dossier(COMMUNE, portal))
+    seen = await view(gateway, COMMUNE)
+    assert (seen["phase"], seen["responsible"], seen["pending_handover"]) == (
+        "in_transit", PHONG_DIEN, handover)
+    mixed = dossier(COMMUNE, portal)
+    mixed["header"]["to"].append({"agency": PROVINCE})
+    await refused(gateway, COMMUNE, mixed, 422, "/header/to")
+    # The district's step is still its to take.
+    await ok(gateway, PHONG_DIEN, step(PHONG_DIEN, COMMUNE, "accept", about=handover))
+
+
+async def test_operators_see_overdue_and_due_soon_dossiers(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(broker=False)
+    late = dossier(COMMUNE, PHONG_DIEN)
+    late["body"].update({"route": [], "received_at": "2026-10-01T08:00:00+07:00",
+                         "appointment_at": "2026-10-20T17:00:00+07:00"})
+    await ok(gateway, COMMUNE, late)  # no route step: due at the appointment, long past
+    await ok(gateway, COMMUNE, dossier(COMMUNE, PHONG_DIEN, code=f"{COMMUNE}-261118-0043"))
+    _, token = await gateway.store.issue_operator_credential("trực ca")
+    headers = {"Authorization": f"Bearer {token}"}
+    overdue = await (await gateway.client.get("/api/v1/ops/dossiers", headers=headers)).json()
+    assert [(i["code"], i["responsible"], i["timeliness"]) for i in overdue["items"]] == [
+        (CODE, PHONG_DIEN, "overdue")]
+    mine = await gateway.client.get(f"/api/v1/ops/dossiers?agency={PROVINCE}", headers=headers)
+    assert (await mine.json())["items"] == []
+    bad = await gateway.client.get("/api/v1/ops/dossiers?state=late", headers=headers)
+    assert bad.status == 422 and (await bad.json())["errors"][0]["pointer"] == "query:state"
+    # Agencies do not get the operators' view.
+    agency = await gateway.client.get("/api/v1/ops/dossiers", headers=await gateway.auth(COMMUNE))
+    assert agency.status == 403

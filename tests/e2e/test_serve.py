@@ -13,7 +13,8 @@ import aiohttp
 
 from gateway import topology as topo
 from gateway.broker import delete_topology
-from gateway.settings import Settings
+from gateway.directory import load_directory
+from gateway.settings import DEFAULT_DIRECTORY, Settings
 from gateway.store.store import Store
 from tests.conftest import HUE, PROVINCE, document
 
@@ -79,4 +80,5 @@ async def test_serve_delivers_and_drains_on_sigterm(tmp_path: Path, amqp_url: st
         if process.returncode is None:
             process.kill()
             await process.wait()
-        await delete_topology(amqp_url, topo.build(settings))
+        # serve loads the sample directory: its AMQP-mode agencies' queues go too.
+        await delete_topology(amqp_url, topo.build(settings, load_directory(DEFAULT_DIRECTORY)))

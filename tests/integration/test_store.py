@@ -70,12 +70,13 @@ async def test_revoke_one_credential_keeps_the_others(store: Store) -> None:
     assert await store.revoke_credentials(HUE, first_id) == 0
 
 
-async def _accept(store: Store, message_id: str, key: str | None) -> object:
+async def _accept(store: Store, message_id: str, key: str | None,
+                  request_hash: str = "a" * 64) -> object:
     return await store.accept(
         message_id=message_id, kind="document", sender=HUE, about=None,
         created_at=datetime(2026, 11, 25, 9, 0, tzinfo=timezone(timedelta(hours=7))),
         envelope=b"{}", recipients_=[PROVINCE], redirects={}, idempotency_key=key,
-        request_hash="a" * 64,
+        request_hash=request_hash,
     )
 
 
@@ -99,7 +100,10 @@ async def test_idempotency_race_yields_the_first_answer(store: Store) -> None:
 async def test_a_reused_message_id_is_a_conflict(store: Store) -> None:
     await _accept(store, "00000000-0000-4000-8000-000000000009", None)
     with pytest.raises(Conflict):
-        await _accept(store, "00000000-0000-4000-8000-000000000009", None)
+        await _accept(store, "00000000-0000-4000-8000-000000000009", None, "b" * 64)
+    # The same request again (a package resent while the first was being stored) replays.
+    again = await _accept(store, "00000000-0000-4000-8000-000000000009", None)
+    assert again.created is False  # type: ignore[attr-defined]
 
 
 async def test_delivery_is_recorded_once(store: Store) -> None:

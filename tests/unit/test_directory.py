@@ -29,13 +29,13 @@ def sample() -> Directory:
 
 # -- the sample file ------------------------------------------------------------------------------
 def test_sample_directory_loads(sample: Directory) -> None:
-    assert len(sample) == 42
+    assert len(sample) == 43  # 42 agencies and the provincial public-service portal
     assert PROVINCE in sample
     assert "999.99.99.Z99" not in sample
     by_level: dict[str, int] = {}
     for agency in sample.agencies.values():
         by_level[agency.level] = by_level.get(agency.level, 0) + 1
-    assert by_level == {"central": 5, "province": 11, "district": 5, "commune": 21}
+    assert by_level == {"central": 5, "province": 12, "district": 5, "commune": 21}
 
 
 def test_levels_come_from_the_file(sample: Directory) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -10,12 +11,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.directory import load_directory
-from gateway.settings import Settings
-from gateway.topology import Binding, Exchange, Queue, Topology, build, definitions
+from gateway.directory import DeliveryMode, Directory, load_directory
+from gateway.settings import DEFAULT_DIRECTORY, Settings
+from gateway.topology import (
+    AGENCY_QUEUE_MAX_BYTES,
+    AGENCY_QUEUE_MAX_LENGTH,
+    Binding,
+    Exchange,
+    Queue,
+    Topology,
+    amqp_agencies,
+    build,
+    definitions,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITIONS_FILE = ROOT / "deploy" / "rabbitmq" / "definitions.json"
+AMQP_AGENCY = "000.00.04.H57"  # Sở Kế hoạch và Đầu tư, AMQP-native in the sample directory
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +53,10 @@ def test_names(topology: Topology) -> None:
     names = [q.name for q in topology.queues]
     assert len(names) == len(set(names)) == 8 + 5 + 2
     exchanges = [e.name for e in topology.exchanges]
-    assert len(exchanges) == len(set(exchanges)) == 3 + 5
+    assert len(exchanges) == len(set(exchanges)) == 4 + 5
+    assert topology.agency_exchange == "lienthong.agency"
+    assert topology.agency_queue(AMQP_AGENCY) == "lienthong.agency.000.00.04.H57"
+    assert topology.agencies == ()  # no directory: the shared part only
 
 
 def test_every_queue_is_a_durable_quorum_queue(topology: Topology) -> None:
@@ -184,7 +199,60 @@ def test_definitions_list_the_same_names(topology: Topology) -> None:
 
 def test_committed_definitions_match_the_code() -> None:
     committed = json.loads(DEFINITIONS_FILE.read_text(encoding="utf-8"))
-    assert committed == definitions(build(Settings())), (
+    directory = load_directory(DEFAULT_DIRECTORY)
+    assert committed == definitions(build(Settings(), directory)), (
         "deploy/rabbitmq/definitions.json is out of date: "
         "run `lienthong topology export -o deploy/rabbitmq/definitions.json`"
     )
+
+
+# -- AMQP-native agencies -----------------------------------------------------------------------
+def _with_amqp(directory: Directory, *codes: str) -> Directory:
+    agencies = dict(directory.agencies)
+    for code in codes:
+        agencies[code] = dataclasses.replace(agencies[code], mode=DeliveryMode.AMQP)
+    return Directory(directory.levels, agencies, directory.children)
+
+
+def test_the_sample_directory_has_one_amqp_agency() -> None:
+    directory = load_directory(DEFAULT_DIRECTORY)
+    assert amqp_agencies(directory) == (AMQP_AGENCY,)
+    topology = build(Settings(), directory)
+    assert topology.agencies == (AMQP_AGENCY,)
+    shared = build(Settings())
+    # The agency's queue is added; nothing of the shared part changes.
+    assert topology.queues[: len(shared.queues)] == shared.queues
+    assert topology.exchanges == shared.exchanges
+    assert [q.name for q in topology.queues[len(shared.queues):]] == [
+        "lienthong.agency.000.00.04.H57"
+    ]
+
+
+def test_agency_queues_are_bound_by_code_dead_letter_and_are_bounded() -> None:
+    directory = _with_amqp(load_directory(DEFAULT_DIRECTORY), "000.00.10.H57", "000.00.00.G22")
+    topology = build(Settings(delivery_limit=7), directory)
+    assert topology.agencies == ("000.00.00.G22", "000.00.04.H57", "000.00.10.H57")  # sorted
+    assert Exchange("lienthong.agency", "direct") in topology.exchanges
+    for code in topology.agencies:
+        queue = _queue(topology, f"lienthong.agency.{code}")
+        assert queue.durable
+        assert queue.args == {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": 7,
+            "x-dead-letter-exchange": "lienthong.dead",
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",  # a full queue nacks our publish: nothing dropped
+            "x-max-length": AGENCY_QUEUE_MAX_LENGTH,
+            "x-max-length-bytes": AGENCY_QUEUE_MAX_BYTES,
+        }
+        assert "x-message-ttl" not in queue.args
+        assert Binding("lienthong.agency", queue.name, code) in topology.bindings
+    agency_bindings = [b for b in topology.bindings if b.exchange == topology.agency_exchange]
+    assert len(agency_bindings) == 3
+
+
+def test_agency_queue_limits_can_be_chosen() -> None:
+    topology = build(Settings(), load_directory(DEFAULT_DIRECTORY), agency_max_length=2,
+                     agency_max_bytes=4096)
+    args = _queue(topology, topology.agency_queue(AMQP_AGENCY)).args
+    assert (args["x-max-length"], args["x-max-length-bytes"]) == (2, 4096)
