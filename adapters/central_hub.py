@@ -53,7 +53,7 @@ from yarl import URL
 
 from gateway.api.keys import DIRECTORY, SETTINGS, STORE
 from gateway.codecs import decode, decode_edxml, encode_edxml
-from gateway.codecs.edxml import CARRY_KEY, carried, document_id, message_id_for
+from gateway.codecs.edxml import CARRY_KEY, carried, document_id
 from gateway.delivery import Delivery, Transport, parse_retry_after
 from gateway.directory import Agency, DeliveryMode
 from gateway.envelope import (
@@ -296,9 +296,9 @@ class HubClient:
 def answering(status: StatusEnvelope, original_document_id: str) -> StatusEnvelope:
     """The status with ``ResponseFor/DocumentId`` written as the document's own DocumentId
     (through the edXML residual, the codec's place for what the Envelope has no field for),
-    instead of our message id, which the document's sender never saw."""
-    if message_id_for(original_document_id) != status.body.about:
-        return status
+    instead of our message id, which the document's sender never saw. ``original_document_id``
+    is the DocumentId of the document the status is about (a recall or an update carries its
+    document's id, though its message id is not derived from it)."""
     residual = carried(status)
     header = residual.setdefault("edXMLEnvelope", {}).setdefault("edXMLHeader", {})
     message_header = header.setdefault("MessageHeader", {})

@@ -348,7 +348,7 @@ async def _scenario(settings: Settings, directory: Directory, receiver: PushRece
         ) | {"kind": "document"})
         package = encode_edxml(report_env.model_copy(update={"body": report_env.body.model_copy(
             update={"document_id": f"{REPORTING_DISTRICT},{date.today():%Y/%m/%d},212/BC-UBND"}
-        )}))
+        )}), gateway_extension=False)  # as the district's own software writes it
         report = await reporter.send_edxml(package)
         await vpcp.answer_all(session, expected=1)
         await province.read_inbox(1)

@@ -254,7 +254,9 @@ async def _document_facts(
     body = envelope.body
     key = body.document_id or message_id
     if body.operation in {Operation.NEW, Operation.REPLACE}:
-        if await store.versions(agency, key):
+        # A replacement may keep the DocumentId of what it replaces (real packages do): it is
+        # then a new version of that document; a new document may not reuse one.
+        if body.operation is Operation.NEW and await store.versions(agency, key):
             raise Conflict(
                 f"document {key} was already sent by {agency}; send an update or a replace",
                 errors=[FieldError("/body/document_id", "a document of the sender already")],

@@ -10,43 +10,66 @@ Decoding
     1. hardened parse (:mod:`gateway.codecs.xmlsafe`: no DTD, no entities, no network, limits);
     2. lenient repairs of known vendor defects (below), each with its own test;
     3. one walk over the tree with the structure table :data:`PACKAGE`: known elements are read in
-       any order; every element the table does not know (vendor extensions, in any namespace) is
-       set aside as a serialized XML fragment under its parent and taken out of the tree;
-    4. XSD validation of what is left (``schemas/edxml.xsd``: XSD 1.0 cannot say "these children,
-       in any order, with these counts", so it checks names, nesting and value formats and the
-       codec checks the counts);
+       any order into plain data; every element the table does not know (vendor extensions, in
+       any namespace) is set aside as a serialized XML fragment under its parent and taken out of
+       the tree;
+    4. validation of what is left against ``schemas/edxml.xsd`` (below);
     5. mapping to the Envelope (table below) and pydantic validation.
     Errors are :class:`MalformedInput` (not XML, hostile XML) or :class:`SchemaViolation` (XML that
     breaks the structure or the Envelope's rules); each :class:`FieldError` pointer is the element
     path (``/edXML/edXMLEnvelope/edXMLHeader/MessageHeader/To[2]/OrganId``) and its detail starts
     with ``line N``.
 
+Validation. ``schemas/edxml.xsd`` stays the published schema, and every package the codec
+accepts is valid under it; it is not run on every package. XSD 1.0 cannot say "these children,
+in any order, with these counts", so the schema checks names, nesting and value formats and the
+walk checks the counts; the walk already knows each element's place in the table, so it also
+checks, cheaply and conservatively, everything else the schema would: no character content
+where only elements may be, no attribute the schema does not allow, neither children nor
+attributes on a leaf, every typed leaf (dates, timestamps, status code, priority,
+BussinessDocType) matching its pattern, and base64 that decodes (the attachments' decoding is
+that check; a status package with attachments, which it does not decode, goes to the XSD). When
+any of these fails, the XSD itself validates the tree and names the error exactly as it always
+has; a false alarm costs only that validation. Tests check both directions on the samples and on
+mutations of them, and that every sample and every encoded package validates.
+
 Encoding writes the standard's element order (From, To, Code, PromulgationInfo, DocumentType,
 Subject, Content, SignerInfo, DueDate, ToPlaces, OtherInfo, ResponseFor, SteeringType, DocumentId;
-for statuses From, ResponseFor, StaffInfo, StatusCode, Description, Timestamp), every element
-with the ``edXML:`` prefix, dates ``yyyy/MM/dd`` and timestamps ``yyyy/MM/dd HH:mm:ss`` in
-Vietnam time (+07:00).
+for statuses From, ResponseFor, StaffInfo, StatusCode, Description, Timestamp; in Bussiness
+DocumentId, BussinessDocType, BussinessDocReason, Paper, BussinessDocumentInfo,
+ReplacementInfoList, StaffInfo), every element with the ``edXML:`` prefix, dates ``yyyy/MM/dd``
+and timestamps ``yyyy/MM/dd HH:mm:ss`` in Vietnam time (+07:00). The writer is generated once
+from the table (straight-line code per element) and escapes every text it takes from the
+envelope or the residual; fragments are re-parsed by the hardened parser before they are
+written, so a forged residual cannot inject markup.
 
 What maps where (document packages)::
 
     MessageHeader/From/OrganId                  header.sender
     MessageHeader/To[i]/OrganId                 header.to[i] (AgencyAddress)
-    MessageHeader/DocumentId                    header.id = message_id_for(DocumentId): a
-                                                DocumentId written as a UUID is the id itself,
-                                                any other maps to a uuid5; written back as it
-                                                came, else (an envelope born elsewhere) as
-                                                str(header.id), see document_id()
+    MessageHeader/DocumentId                    body.document_id (mã văn bản: the document across
+                                                its versions); header.id derives from it (below)
     MessageHeader/Code/CodeNumber, CodeNotation body.number, body.notation
     MessageHeader/PromulgationInfo/Place, Date  body.promulgation.place, .date
     MessageHeader/DocumentType/Type, TypeName   body.type.code, body.type.name
     MessageHeader/Subject, Content              body.subject, body.content
     MessageHeader/SignerInfo/FullName, Position body.signer.name, .position
     MessageHeader/DueDate                       header.due (that day, 23:59:59+07:00)
+    MessageHeader/ToPlaces/Place[i]             body.to_places[i] (nơi nhận as printed; empty
+                                                Places are none, the raw list then kept)
     MessageHeader/OtherInfo/Priority            header.priority (0 normal, 1 urgent, 2 very
                                                 urgent, 3 flash; 4 "hỏa tốc hẹn giờ" reads as flash)
     MessageHeader/ResponseFor[i]/DocumentId     header.references (message_id_for, non-empty ones)
     TraceHeaderList/TraceHeader[i]              header.trace[i]: at=Timestamp, agency=OrganId,
                                                 event "edxml.trace"
+    TraceHeaderList/Bussiness/BussinessDocType  body.operation: 0 new (văn bản mới), 1 recall (thu
+                                                hồi), 2 update (cập nhật), 3 replace (thay thế);
+                                                no Bussiness block: new
+    .../Bussiness/BussinessDocReason            body.operation_reason (lý do)
+    .../Bussiness/ReplacementInfoList/ReplacementInfo[i]/DocumentId
+                                                body.replaces[i], for a replace (each one
+                                                required); the list of another operation stays
+                                                in the residual as it came
     edXMLManifest/Reference + AttachmentEncoded/Attachment, joined by ContentId (with or without
     ``cid:``), in manifest order     body.attachments: name=AttachmentName, media_type=ContentType,
                                                 description=Description, content=base64 (whitespace
@@ -64,14 +87,34 @@ Status packages::
     MessageHeader/StaffInfo/Staff               body.by
     everything else                             the residual (below)
 
+Message ids. A new document's id is ``message_id_for(DocumentId)``: a DocumentId written as a UUID
+(``str(uuid)``) is that id, any other maps to a uuid5; so the same package sent twice is one
+message, and a status's ``ResponseFor/DocumentId`` names it. A recall, update or replace carries
+the DocumentId of the document it acts on, the same as the original's, so its id is
+:func:`operation_message_id`: a uuid5 over the DocumentId, the operation and
+:func:`content_digest`, the SHA-256 of the decoded envelope's canonical JSON without header.id,
+header.created, header.trace and the attachments' base64 (their sha256 stands for them). The
+decoded content does not depend on whitespace, element order or the signature, so the same
+package resent (or relayed with more TraceHeaders) is the same message, while a recall, an
+update, a second different update and a replace of one document are each a message of their
+own. A status keeps ``body.about = message_id_for(
+ResponseFor/DocumentId)``, the original document's id: an answer (15, 16) to a recall or an
+update names the document, and the store attributes it to the open recall. Encoding writes
+``body.document_id`` as the DocumentId; an envelope without one (born as JSON) gets the
+conventional ``{OrganId},{yyyy/MM/dd},{number}/{notation}`` if its id derives from that, else its
+id (:func:`document_id`), and the gateway extension says the DocumentId is the gateway's. The id
+travels in the extension only when it is not the one decoding derives
+(:func:`package_message_id`).
+
 The residual. Whatever the Envelope has no field for (From/To contact details, OrganizationInCharge,
-DocumentId's own text, TypeDetail, Competence, ToPlaces, OtherInfo but Priority, ResponseFor,
-SteeringType, the whole Bussiness block (BussinessDocType 0 new, 1 recall, 2 update, 3 replace;
-ReplacementInfoList...), StaffInfo but Staff, ContentId, manifest attributes, vendor extension
-fragments, and a raw value whenever the Envelope's value would not write it back identically,
-e.g. a legacy agency code) is kept as one JSON object mirroring the XML (element name -> text,
-object, or list for repeated elements; ``"@"`` attributes; ``"#"`` extension fragments). Until the
-model has a place for it (see :data:`CARRY_KEY`) it travels in:
+TypeDetail, Competence, OtherInfo but Priority, ResponseFor, SteeringType, Bussiness but the
+operation, its reason and the replaced DocumentIds (Bussiness/DocumentId, Paper,
+BussinessDocumentInfo, each ReplacementInfo's OrganIdList, StaffInfo...), StaffInfo but Staff,
+ContentId, manifest attributes, vendor extension fragments, and a raw value whenever the
+Envelope's value would not write it back identically, e.g. a legacy agency code) is kept as one
+JSON object mirroring the XML (element name -> text, object, or list for repeated elements;
+``"@"`` attributes; ``"#"`` extension fragments; keys sorted). Until the model has a place for it
+(see :data:`CARRY_KEY`) it travels in:
 
 - documents: ``body.extra["edxml"]`` (and ``"edxml.2"``, ``"edxml.3"``... when longer than a value
   may be);
@@ -79,15 +122,16 @@ model has a place for it (see :data:`CARRY_KEY`) it travels in:
 
 Encoding starts from the residual and writes the Envelope's values into it: a raw residual value
 is written back only when it decodes to the Envelope's current value, so an edited envelope never
-writes stale data.
+writes stale data (a ReplacementInfoList whose DocumentIds were the replaces of an envelope that
+is no longer a replace is dropped, not written half).
 
 Envelope fields edXML has no element for (header.created; statuses' header.id, priority, due and
 references; addresses of a subtree; trace entries other than TraceHeaders; attachments stored by
-reference; ``extra`` entries of other systems; a value edXML can only write approximately, such as
-a due instant that is not the end of a day) are written, only when present, as one extension
-element ``<lt:Envelope xmlns:lt="https://lienthong.gov.vn/ns/edxml-ext/1">`` holding their
-canonical JSON, at the end of MessageHeader; ``gateway_extension=False`` leaves it out for a peer
-that refuses foreign elements (and those fields are then lost on that hop).
+reference; ``extra`` entries of other systems; a document_id left empty; a value edXML can only
+write approximately, such as a due instant that is not the end of a day) are written, only when
+present, as one extension element ``<lt:Envelope xmlns:lt="https://lienthong.gov.vn/ns/edxml-ext/1">``
+holding their canonical JSON, at the end of MessageHeader; ``gateway_extension=False`` leaves it
+out for a peer that refuses foreign elements (and those fields are then lost on that hop).
 
 Deliberate decisions (each has a test):
 
@@ -127,10 +171,11 @@ from gateway.envelope import (
     AgencyAddress,
     AnyEnvelope,
     Attachment,
+    DocumentBody,
     DocumentEnvelope,
+    Operation,
     Priority,
     StatusEnvelope,
-    TraceEntry,
 )
 from gateway.errors import FieldError, MalformedInput, SchemaViolation
 
@@ -142,17 +187,22 @@ __all__ = [
     "TRACE_EVENT",
     "StreamedAttachment",
     "carried",
+    "content_digest",
     "decode_edxml",
     "document_id",
     "encode_edxml",
     "iter_attachments",
     "message_id_for",
+    "operation_message_id",
+    "package_message_id",
     "xsd_text",
 ]
 
 NS = "http://www.mic.gov.vn/TBT/QCVN_102_2016"
 DSIG_NS = "http://www.w3.org/2000/09/xmldsig#"
 XLINK_NS = "http://www.w3.org/1999/xlink"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+XML_NS = "http://www.w3.org/XML/1998/namespace"
 EXT_NS = "https://lienthong.gov.vn/ns/edxml-ext/1"
 ICT = timezone(timedelta(hours=7), "ICT")  # giờ Việt Nam: edXML dates and times are in it
 
@@ -166,8 +216,10 @@ DOCUMENT_ID_NAMESPACE = uuid.UUID("6f1c2a8e-5d3b-5e0a-9c47-3b1d2e4f5a60")
 _CARRY_CHUNK = 3990  # extra values and trace details hold at most 4000 characters
 _INLINE_BASE64 = 1_400_000  # Attachment.content's limit; above it: by reference (sha256)
 _FRAGMENT_LIMITS = XmlLimits(max_bytes=1024 * 1024, max_text=1024 * 1024)
-_DATE_RE = re.compile(r"^(\d{4})/(\d{2})/(\d{2})$")
-_TIMESTAMP_RE = re.compile(r"^(\d{4})/(\d{2})/(\d{2}) (\d{2}):(\d{2}):(\d{2})$")
+_DATE_RE = re.compile(r"^([0-9]{4})/([0-9]{2})/([0-9]{2})$")
+_TIMESTAMP_RE = re.compile(
+    r"^([0-9]{4})/([0-9]{2})/([0-9]{2}) ([0-9]{2}):([0-9]{2}):([0-9]{2})$"
+)
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _LEGACY_AGENCY_RE = re.compile(r"^\d{2}\.\d{2}\.[A-Z]\d{2}$")
 _PRIORITIES = {"0": Priority.NORMAL, "1": Priority.URGENT, "2": Priority.VERY_URGENT}
@@ -181,6 +233,21 @@ STATUS_CODES = ("01", "02", "03", "04", "05", "06", "13", "15", "16")
 
 
 # -- the structure table --------------------------------------------------------------------------
+#: What XSD's ``xs:token`` whitespace is (XML's four characters, not Python's Unicode whitespace).
+_XML_SPACE = " \t\n\r"
+#: The patterns of the XSD's simple types (see ``_SIMPLE_TYPES``), as the walk checks them: a
+#: value that does not match is handed to the XSD itself (see "Validation" in the docstring).
+_LEAF_PATTERNS = {
+    "DateOrEmpty": re.compile(r"(?:[0-9]{4}/[0-9]{2}/[0-9]{2})?"),
+    "Timestamp": re.compile(r"[0-9]{4}/[0-9]{2}/[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}"),
+    "StatusCode": re.compile("|".join(STATUS_CODES)),
+    "PriorityCode": re.compile(r"[0-4]?"),
+    "BussinessDocType": re.compile(r"[0-3]"),
+}
+# How the walk treats a child (the first item of a walk-table entry's payload tuple).
+_TEXT, _TYPED, _BASE64, _COMPLEX, _ANY = range(5)
+
+
 @dataclass(frozen=True, slots=True)
 class Leaf:
     """A text-only element; ``type`` names its XSD simple type."""
@@ -202,19 +269,42 @@ class Child:
 
 @dataclass(frozen=True, slots=True)
 class Complex:
-    """An element with element children, written in ``children`` order."""
+    """An element with element children, written in ``children`` order.
+
+    ``walk`` (by Clark tag: name, mode, many, payload) and ``write`` (in order: name, start tag,
+    end tag, leaf?, many, spec) are the same table precomputed for the two hot loops."""
 
     type_name: str
     children: tuple[Child, ...]
     attributes: tuple[str, ...] = ()
-    by_name: dict[str, Child] = field(init=False, repr=False, compare=False, hash=False)
-    by_tag: dict[str, Child] = field(init=False, repr=False, compare=False, hash=False)
-    order: dict[str, int] = field(init=False, repr=False, compare=False, hash=False)
+    walk: dict[str, tuple[str, int, bool, Any]] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
+    write: tuple[tuple[str, str, str, bool, bool, Complex | None], ...] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "by_name", {c.name: c for c in self.children})
-        object.__setattr__(self, "order", {c.name: i for i, c in enumerate(self.children)})
-        object.__setattr__(self, "by_tag", {f"{{{NS}}}{c.name}": c for c in self.children})
+        walk: dict[str, tuple[str, int, bool, Any]] = {}
+        write: list[tuple[str, str, str, bool, bool, Complex | None]] = []
+        for c in self.children:
+            spec = c.spec
+            if isinstance(spec, Complex):
+                walk[f"{{{NS}}}{c.name}"] = (c.name, _COMPLEX, c.many, spec)
+            elif isinstance(spec, AnyContent):
+                walk[f"{{{NS}}}{c.name}"] = (c.name, _ANY, c.many, None)
+            elif spec.type == "xs:base64Binary":
+                walk[f"{{{NS}}}{c.name}"] = (c.name, _BASE64, c.many, None)
+            elif spec.type in _LEAF_PATTERNS:
+                walk[f"{{{NS}}}{c.name}"] = (c.name, _TYPED, c.many, _LEAF_PATTERNS[spec.type])
+            else:
+                walk[f"{{{NS}}}{c.name}"] = (c.name, _TEXT, c.many, None)
+            if not isinstance(spec, AnyContent):
+                sub = spec if isinstance(spec, Complex) else None
+                start, end = f"<edXML:{c.name}", f"</edXML:{c.name}>\n"
+                write.append((c.name, start, end, sub is None, c.many, sub))
+        object.__setattr__(self, "walk", walk)
+        object.__setattr__(self, "write", tuple(write))
 
 
 TEXT = Leaf()
@@ -411,7 +501,7 @@ PACKAGE = Complex(
     ),
 )
 
-_MH_PATH = "/edXML/edXMLEnvelope/edXMLHeader/MessageHeader"
+_FROM = f"{{{NS}}}From"
 
 
 # -- ids ------------------------------------------------------------------------------------------
@@ -445,16 +535,52 @@ def _default_document_id(
 
 
 def document_id(envelope: DocumentEnvelope) -> str:
-    """The DocumentId ``encode_edxml`` writes for ``envelope``: the one its package came with;
-    else the conventional form if the message id is derived from it; else the message id itself
-    (so that a status answering it names the message id again)."""
+    """The DocumentId ``encode_edxml`` writes for ``envelope``: ``body.document_id``; else (an
+    envelope born elsewhere) the conventional form if the message id is derived from it; else
+    the message id itself (so that a status answering it names the message id again)."""
     header, body = envelope.header, envelope.body
-    raw = _dig(carried(envelope), "edXMLEnvelope", "edXMLHeader", "MessageHeader", "DocumentId")
-    if isinstance(raw, str) and raw.strip() and header.id == message_id_for(raw):
-        return raw
+    if body.document_id is not None:
+        return body.document_id
     return _default_document_id(
         header.id, header.sender, body.promulgation.date, body.number, body.notation
     )
+
+
+#: What the digest of an operation's content leaves out: the id it derives, what the gateway
+#: or the hops on the way add (a resent or relayed package is the same message), and inline
+#: attachments' base64, which their sha256 stands for (so the digest costs the same whatever
+#: the files weigh).
+_DIGEST_EXCLUDE: dict[str, Any] = {
+    "header": {"id", "created", "trace"},
+    "body": {"attachments": {"__all__": {"content"}}},
+}
+
+
+def content_digest(envelope: DocumentEnvelope) -> str:
+    """SHA-256 of the envelope's canonical content (sorted-key JSON, instants in UTC), without
+    ``header.id``, ``header.created``, ``header.trace`` and the attachments' base64 (their
+    sha256 is in it). A decoded package's content does not depend on whitespace, element order
+    or the signature, so neither does this."""
+    data = envelope.model_dump(mode="json", exclude=_DIGEST_EXCLUDE)
+    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def operation_message_id(document_key: str, operation: Operation, digest: str) -> uuid.UUID:
+    """The message id of a recall, update or replace package: a uuid5 over its DocumentId,
+    its operation and :func:`content_digest`. Those packages carry the DocumentId of the
+    document they act on, so the DocumentId alone cannot tell them apart."""
+    name = f"{operation.value}\n{document_key.strip()}\n{digest}"
+    return uuid.uuid5(DOCUMENT_ID_NAMESPACE, name)
+
+
+def package_message_id(envelope: DocumentEnvelope) -> uuid.UUID:
+    """The message id :func:`decode_edxml` gives the package :func:`encode_edxml` writes for
+    ``envelope`` (when no gateway extension says otherwise)."""
+    key = document_id(envelope)
+    operation = envelope.body.operation
+    if operation is Operation.NEW:
+        return message_id_for(key)
+    return operation_message_id(key, operation, content_digest(envelope))
 
 
 # -- value formats --------------------------------------------------------------------------------
@@ -481,21 +607,25 @@ def _timestamp(raw: str) -> datetime:
 
 
 def _fmt_date(value: date) -> str:
-    return f"{value.year:04d}/{value.month:02d}/{value.day:02d}"
+    # isoformat() is one C call and always writes four year digits: 2018-09-28 -> 2018/09/28.
+    return value.isoformat().replace("-", "/")
 
 
 def _fmt_timestamp(value: datetime) -> str:
-    v = value.astimezone(ICT)
-    return f"{_fmt_date(v)} {v.hour:02d}:{v.minute:02d}:{v.second:02d}"
+    local = value.astimezone(ICT).replace(tzinfo=None)
+    return local.isoformat(" ", "seconds").replace("-", "/")
+
+
+_END_OF_DAY = time(23, 59, 59)
 
 
 def _due(day: date) -> datetime:
-    return datetime.combine(day, time(23, 59, 59), tzinfo=ICT)
+    return datetime.combine(day, _END_OF_DAY, tzinfo=ICT)
 
 
 def _cid(raw: str) -> str:
     value = raw.strip()
-    if value.lower().startswith("cid:"):
+    if value[:4].lower() == "cid:":
         value = value[4:]
     return value.strip("<>").strip()
 
@@ -515,82 +645,126 @@ def _violation(
     )
 
 
-def _missing(parent: _Node, name: str) -> SchemaViolation:
-    return _violation(
-        parent.el, f"required element {name} is missing", element_path(parent.el) + "/" + name
-    )
+def _missing(el: etree._Element, name: str) -> SchemaViolation:
+    return _violation(el, f"required element {name} is missing", element_path(el) + "/" + name)
 
 
 # -- the walk -------------------------------------------------------------------------------------
-class _Text:
-    __slots__ = ("el", "text")
-
-    def __init__(self, el: etree._Element, text: str) -> None:
-        self.el = el
-        self.text = text
+def _child(parent: etree._Element, name: str, index: int = 0) -> etree._Element:
+    """The ``index``-th child ``name`` of ``parent`` (else ``parent``): for error messages."""
+    found = list(parent.iterchildren(f"{{{NS}}}{name}"))
+    return found[index] if index < len(found) else parent
 
 
-class _Node:
-    __slots__ = ("attrs", "el", "ext", "ext_elements", "kids", "spec")
-
-    def __init__(self, el: etree._Element, spec: Complex) -> None:
-        self.el = el
-        self.spec = spec
-        self.kids: dict[str, Any] = {}
-        self.ext: list[str] = []
-        self.ext_elements: list[etree._Element] = []
-        attrib = el.attrib
-        self.attrs: dict[str, str] = {str(k): str(v) for k, v in attrib.items()} if attrib else {}
-
-    def one(self, name: str) -> _Node | None:
-        value = self.kids.get(name)
-        if isinstance(value, list):
-            return value[0] if value else None
-        return value if isinstance(value, _Node) else None
-
-    def many(self, name: str) -> list[Any]:
-        value = self.kids.get(name)
-        return value if isinstance(value, list) else []
+def _fine_attributes(attrs: dict[str, str], spec: Complex) -> bool:
+    """Attributes the XSD allows on ``spec``'s element: its own unqualified ones, and any of
+    another namespace (``anyAttribute ##other``) but XSI's, which the XSD itself interprets."""
+    for key in attrs:
+        if key[:1] == "{":
+            uri = key[1:].partition("}")[0]
+            if uri == NS or uri == XSI_NS:
+                return False
+        elif key not in spec.attributes:
+            return False
+    return True
 
 
-def _walk(el: etree._Element, spec: Complex) -> _Node:
-    node = _Node(el, spec)
-    strays: list[etree._Element] = []
-    by_tag = spec.by_tag
-    for child in el:
-        tag = child.tag
-        entry = by_tag.get(tag)
-        if entry is None:
-            if not isinstance(tag, str):
+class _Walk:
+    """One walk over the tree with the structure table: every known element becomes plain data
+    (a dict per element with children, its stripped text per leaf, a list per repeated child),
+    which the decoder consumes and whose rest is the residual. Unknown elements are set aside
+    as ``"#"`` fragments and taken out of the tree; the gateway namespace's go to ``extensions``
+    (the decoder reads ``lt:Envelope``) and stay in it (the XSD allows other namespaces).
+
+    On the way it checks what the XSD would check of what is left, conservatively: character
+    content where only elements may be, attributes the XSD does not allow, element children or
+    attributes on a leaf, a typed leaf (date, timestamp, status code...) off its pattern. Any of
+    these sets ``suspicious`` and the XSD itself then decides (and names the error). Whitespace
+    is XML's four characters: an ASCII string that ``isspace()`` is one of them (the other ASCII
+    spaces are control characters XML cannot carry), two C calls instead of a strip."""
+
+    __slots__ = ("base64", "elements", "extensions", "nested_from", "suspicious")
+
+    def __init__(self) -> None:
+        self.suspicious = False
+        self.nested_from = False  # a From in a From: the vendor defect _repair() undoes
+        self.base64 = False  # a base64 leaf was seen: decoding it is its check
+        self.extensions: list[tuple[dict[str, Any], etree._Element]] = []
+        #: The element of each walked node, by id(node): for error messages only.
+        self.elements: dict[int, etree._Element] = {}
+
+    def element(self, node: dict[str, Any]) -> etree._Element:
+        return self.elements[id(node)]
+
+    def node(self, el: etree._Element, spec: Complex) -> dict[str, Any]:
+        node: dict[str, Any] = {}
+        self.elements[id(node)] = el
+        suspicious = False
+        text = el.text
+        if text is not None and not (text.isascii() and text.isspace()):
+            suspicious = True  # character content in element-only content
+        if el.keys():
+            attrs = {str(k): str(v) for k, v in el.items()}
+            node["@"] = attrs
+            if not _fine_attributes(attrs, spec):
+                suspicious = True
+        strays: list[etree._Element] | None = None
+        table = spec.walk
+        for child in el:
+            entry = table.get(child.tag)
+            tail = child.tail
+            if tail is not None and not (tail.isascii() and tail.isspace()):
+                suspicious = True
+            if entry is None:
+                tag = child.tag
+                if not isinstance(tag, str):
+                    continue
+                ns, _, name = tag[1:].partition("}") if tag[:1] == "{" else ("", "", tag)
+                if name == "Signature" and ns == DSIG_NS:
+                    continue  # verified on the raw bytes; never carried (see the module docstring)
+                if tag == _FROM:
+                    self.nested_from = True
+                if ns == EXT_NS:
+                    # Stays in the tree (the XSD allows other namespaces) for its error paths.
+                    self.extensions.append((node, child))
+                    continue
+                node.setdefault("#", []).append(_canonical_fragment(child))
+                if strays is None:
+                    strays = []
+                strays.append(child)
                 continue
-            ns, _, name = tag[1:].partition("}") if tag[:1] == "{" else ("", "", tag)
-            if name == "Signature" and ns == DSIG_NS:
-                continue  # verified on the raw bytes; never carried (see the module docstring)
-            if ns == EXT_NS:
-                node.ext_elements.append(child)
+            name, mode, many, payload = entry
+            value: Any
+            if mode < _COMPLEX:  # a leaf
+                text = child.text
+                value = text.strip() if text is not None else ""
+                if len(child) or child.keys():
+                    suspicious = True  # a leaf has neither children nor attributes
+                if mode == _TYPED:
+                    if not payload.fullmatch(text.strip(_XML_SPACE) if text else ""):
+                        suspicious = True
+                elif mode == _BASE64:
+                    self.base64 = True
+            elif mode == _COMPLEX:
+                value = self.node(child, payload)
             else:
-                node.ext.append(_canonical_fragment(child))
-            strays.append(child)
-            continue
-        name = entry.name
-        kind = entry.spec
-        value: _Text | _Node
-        if isinstance(kind, Leaf):
-            text = child.text
-            value = _Text(child, text.strip() if text else "")
-        elif isinstance(kind, Complex):
-            value = _walk(child, kind)
-        else:
-            continue  # AnyContent: the Signature
-        if entry.many:
-            node.kids.setdefault(name, []).append(value)
-        elif name in node.kids:
-            raise _violation(child, f"element {name} may appear only once here")
-        else:
-            node.kids[name] = value
-    for stray in strays:
-        el.remove(stray)
-    return node
+                continue  # the Signature in the edXML namespace
+            if many:
+                items = node.get(name)
+                if items is None:
+                    node[name] = [value]
+                else:
+                    items.append(value)
+            elif name in node:
+                raise _violation(child, f"element {name} may appear only once here")
+            else:
+                node[name] = value
+        if strays is not None:
+            for stray in strays:
+                el.remove(stray)
+        if suspicious:
+            self.suspicious = True
+        return node
 
 
 def _canonical_fragment(element: etree._Element) -> str:
@@ -603,6 +777,7 @@ def _canonical_fragment(element: etree._Element) -> str:
             uris.add(node.tag[1:].partition("}")[0])
         uris.update(str(k)[1:].partition("}")[0] for k in node.attrib if str(k)[:1] == "{")
     nsmap: dict[str, str] = {}
+    uris.discard(XML_NS)  # the xml: prefix is bound by XML itself and never declared
     for uri in sorted(uris):
         if uri == NS:
             nsmap["edXML"] = uri
@@ -627,32 +802,27 @@ def _canonical_fragment(element: etree._Element) -> str:
     return etree.tostring(copy(element, None), encoding="unicode")
 
 
-def _residual(node: _Node) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    kids = node.kids
-    order = node.spec.order
-    # In the standard's order, whatever the input's: equal residuals make equal JSON.
-    for name in sorted(kids, key=lambda k: order.get(k, -1)) if len(kids) > 1 else kids:
-        if name == "!":
-            continue
-        value = kids[name]
-        if isinstance(value, list):
-            items = [v.text if isinstance(v, _Text) else _residual(v) for v in value]
-            if any(item != {} for item in items):
-                out[name] = items
-        elif isinstance(value, _Text):
-            out[name] = value.text
-        else:
-            sub = _residual(value)
-            if sub:
-                out[name] = sub
-    if "!" in kids:
-        out["!"] = kids["!"]
-    if node.attrs:
-        out["@"] = node.attrs
-    if node.ext:
-        out["#"] = node.ext
-    return out
+def _prune(node: dict[str, Any]) -> bool:
+    """Make a walked node the residual once the decoder took what it maps: drop the objects
+    left empty, in place (a list of objects stays whole while any of them has content, so it
+    stays aligned with the envelope's list). True when anything is left."""
+    dead: list[str] | None = None
+    for key, value in node.items():
+        kind = type(value)
+        if kind is dict:
+            if not (value and _prune(value)):
+                dead = [key] if dead is None else [*dead, key]
+        elif kind is list and value and type(value[0]) is dict:
+            kept = False
+            for item in value:
+                if item and _prune(item):
+                    kept = True
+            if not kept:
+                dead = [key] if dead is None else [*dead, key]
+    if dead is not None:
+        for key in dead:
+            del node[key]
+    return bool(node)
 
 
 # -- lenient repairs ------------------------------------------------------------------------------
@@ -682,10 +852,10 @@ def _known_vendor_defect(exc: etree.XMLSyntaxError, found: list[str]) -> bool:
 
 def _repair(root: etree._Element, defects: list[str]) -> None:
     """The documented lenient rules (module docstring); each one a no-op on a sound package."""
-    for header in root.iter(f"{{{NS}}}MessageHeader"):
-        for outer in header.findall(f"{{{NS}}}From"):
-            inner = outer.find(f"{{{NS}}}From")
-            if inner is None:
+    header = _first(_first(_first(root, "edXMLEnvelope"), "edXMLHeader"), "MessageHeader")
+    if header is not None:  # where the walk reads it; lxml's find() is Python, this is C
+        for outer in list(header.iterchildren(_FROM)):
+            if _first(outer, "From") is None:
                 continue
             # The inner From is the sender; the rest of the outer From belongs to MessageHeader.
             position = header.index(outer)
@@ -701,6 +871,12 @@ def _repair(root: etree._Element, defects: list[str]) -> None:
             for key in [k for k in element.attrib if str(k).startswith("xlink:")]:
                 value = element.attrib.pop(key)
                 element.set(f"{{{XLINK_NS}}}{str(key)[6:]}", value)
+
+
+def _first(parent: etree._Element | None, name: str) -> etree._Element | None:
+    if parent is None:
+        return None
+    return next(parent.iterchildren(f"{{{NS}}}{name}"), None)
 
 
 def _lift(node: etree._Element, moving: list[etree._Element]) -> None:
@@ -878,100 +1054,197 @@ def _xsd_violation(root: etree._Element, log: Any) -> SchemaViolation:
     )
 
 
-# -- decoding -------------------------------------------------------------------------------------
-def decode_edxml(data: bytes, *, limits: XmlLimits = DEFAULT_LIMITS) -> AnyEnvelope:
-    """Parse, repair the known vendor defects, validate and translate one edXML package."""
-    defects: list[str] = []
-    root = xmlsafe.parse(data, limits, recover_if=lambda exc: _known_vendor_defect(exc, defects))
-    if root.tag != f"{{{NS}}}edXML":
-        where = "/" + local_name(str(root.tag))
-        raise _violation(root, f"the root element must be edXML in namespace {NS}", where)
-    _repair(root, defects)
-    package = _walk(root, PACKAGE)
+def _check_with_xsd(root: etree._Element) -> None:
+    """Validate what the walk left against ``schemas/edxml.xsd``; raise its errors."""
     schema = _xsd()
     if not schema.validate(root):
         raise _xsd_violation(root, schema.error_log)
-    return _Decoder(package).envelope()
+
+
+# -- decoding -------------------------------------------------------------------------------------
+_OPERATIONS = {
+    "0": Operation.NEW,
+    "1": Operation.RECALL,
+    "2": Operation.UPDATE,
+    "3": Operation.REPLACE,
+}
+_OPERATION_CODES = {operation: code for code, operation in _OPERATIONS.items()}
+_EXT_ENVELOPE = f"{{{EXT_NS}}}Envelope"
+
+
+def decode_edxml(data: bytes, *, limits: XmlLimits = DEFAULT_LIMITS) -> AnyEnvelope:
+    """Parse, repair the known vendor defects, validate and translate one edXML package."""
+    defects: list[str] = []
+    # Blank text between elements is dropped at parse time: leaf text is stripped anyway, and
+    # a signature is verified on the raw bytes, never on this tree.
+    root = xmlsafe.parse(data, limits, drop_blank_text=True,
+                         recover_if=lambda exc: _known_vendor_defect(exc, defects))
+    if root.tag != f"{{{NS}}}edXML":
+        where = "/" + local_name(str(root.tag))
+        raise _violation(root, f"the root element must be edXML in namespace {NS}", where)
+    if defects:
+        _repair(root, defects)
+    walk = _Walk()
+    package = walk.node(root, PACKAGE)
+    if walk.nested_from and not defects:
+        # A From inside From (the walk saw it; a sound package pays nothing to look for it):
+        # repair a fresh tree, the walk took the inner one out of this one.
+        root = xmlsafe.parse(data, limits, drop_blank_text=True)
+        _repair(root, defects)
+        walk = _Walk()
+        package = walk.node(root, PACKAGE)
+    if walk.suspicious:
+        _check_with_xsd(root)
+    return _Decoder(package, root, walk).envelope()
+
+
+_MH_STEPS: tuple[Any, ...] = ("edXMLEnvelope", "edXMLHeader", "MessageHeader")
+_TRACE_STEPS: tuple[Any, ...] = ("edXMLEnvelope", "edXMLHeader", "TraceHeaderList")
+_BUSSINESS_STEPS = (*_TRACE_STEPS, "Bussiness")
+#: Where a field of the Envelope comes from, by its location in the model: the element path a
+#: model error points at (resolved only then). Locations with an index are in _origin_steps.
+_ORIGINS: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {
+    "document": {
+        ("header", "sender"): (*_MH_STEPS, "From", "OrganId"),
+        ("header", "id"): (*_MH_STEPS, "DocumentId"),
+        ("header", "due"): (*_MH_STEPS, "DueDate"),
+        ("header", "priority"): (*_MH_STEPS, "OtherInfo", "Priority"),
+        ("header", "references"): (*_MH_STEPS, "ResponseFor"),
+        ("body", "number"): (*_MH_STEPS, "Code", "CodeNumber"),
+        ("body", "notation"): (*_MH_STEPS, "Code", "CodeNotation"),
+        ("body", "type", "code"): (*_MH_STEPS, "DocumentType", "Type"),
+        ("body", "type", "name"): (*_MH_STEPS, "DocumentType", "TypeName"),
+        ("body", "subject"): (*_MH_STEPS, "Subject"),
+        ("body", "promulgation", "place"): (*_MH_STEPS, "PromulgationInfo", "Place"),
+        ("body", "promulgation", "date"): (*_MH_STEPS, "PromulgationInfo", "PromulgationDate"),
+        ("body", "content"): (*_MH_STEPS, "Content"),
+        ("body", "signer", "name"): (*_MH_STEPS, "SignerInfo", "FullName"),
+        ("body", "signer", "position"): (*_MH_STEPS, "SignerInfo", "Position"),
+        ("body", "document_id"): (*_MH_STEPS, "DocumentId"),
+        ("body", "to_places"): (*_MH_STEPS, "ToPlaces"),
+        ("body", "operation"): (*_BUSSINESS_STEPS, "BussinessDocType"),
+        ("body", "operation_reason"): (*_BUSSINESS_STEPS, "BussinessDocReason"),
+        ("body", "replaces"): (*_BUSSINESS_STEPS, "ReplacementInfoList"),
+        ("body",): _BUSSINESS_STEPS,
+    },
+    "status": {
+        ("header", "sender"): (*_MH_STEPS, "From", "OrganId"),
+        ("header", "to"): (*_MH_STEPS, "ResponseFor", "OrganId"),
+        ("body", "about"): (*_MH_STEPS, "ResponseFor", "DocumentId"),
+        ("body", "code"): (*_MH_STEPS, "StatusCode"),
+        ("body", "at"): (*_MH_STEPS, "Timestamp"),
+        ("body", "comment"): (*_MH_STEPS, "Description"),
+        ("body", "by"): (*_MH_STEPS, "StaffInfo", "Staff"),
+        ("body",): (*_MH_STEPS, "Description"),
+    },
+}
+
+
+def _origin_steps(kind: str, loc: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The element path of the model location ``loc`` (steps: a name, or (name, index))."""
+    if len(loc) == 3 and isinstance(loc[2], int):
+        i = loc[2]
+        if loc[:2] == ("header", "trace"):
+            return (*_TRACE_STEPS, ("TraceHeader", i))
+        if kind == "document":
+            if loc[:2] == ("header", "to"):
+                return (*_MH_STEPS, ("To", i), "OrganId")
+            if loc[:2] == ("body", "to_places"):
+                return (*_MH_STEPS, "ToPlaces", ("Place", i))
+            if loc[:2] == ("body", "replaces"):
+                return (*_BUSSINESS_STEPS, "ReplacementInfoList", ("ReplacementInfo", i),
+                        "DocumentId")
+    return _ORIGINS[kind].get(loc)
+
+
+def _follow(root: etree._Element, steps: tuple[Any, ...]) -> etree._Element:
+    """The element at ``steps`` from ``root``, or the deepest one of them that exists."""
+    el = root
+    for step in steps:
+        name, index = step if isinstance(step, tuple) else (step, 0)
+        found = list(el.iterchildren(f"{{{NS}}}{name}"))
+        if index >= len(found):
+            break
+        el = found[index]
+    return el
 
 
 class _Decoder:
-    def __init__(self, package: _Node) -> None:
-        self.package = package
+    """Takes the Envelope's values out of the walked package; what is left is the residual."""
+
+    def __init__(self, package: dict[str, Any], root: etree._Element, walk: _Walk) -> None:
+        self.package, self.root, self.walk = package, root, walk
+        #: Where a field came from when it is not where _ORIGINS says (the gateway extension,
+        #: attachments in manifest order, a Place list with empty places): its element.
         self.origin: dict[tuple[Any, ...], etree._Element] = {}
         self.overridden: set[str] = set()
-        envelope = package.one("edXMLEnvelope")
+        self.document_key = ""  # the DocumentId as written (an operation's id derives from it)
+        envelope = package.get("edXMLEnvelope")
         if envelope is None:
-            raise _missing(package, "edXMLEnvelope")
-        header = envelope.one("edXMLHeader")
+            raise _missing(self.el(package), "edXMLEnvelope")
+        header = envelope.get("edXMLHeader")
         if header is None:
-            raise _missing(envelope, "edXMLHeader")
-        mh = header.one("MessageHeader")
+            raise _missing(self.el(envelope), "edXMLHeader")
+        mh = header.get("MessageHeader")
         if mh is None:
-            raise _missing(header, "MessageHeader")
-        self.envelope_node, self.header_node, self.mh = envelope, header, mh
+            raise _missing(self.el(header), "MessageHeader")
+        self.envelope_node: dict[str, Any] = envelope
+        self.header_node: dict[str, Any] = header
+        self.mh: dict[str, Any] = mh
 
     # small readers -------------------------------------------------------------------------
-    def node(self, parent: _Node, name: str, *, required: bool = False) -> _Node | None:
-        found = parent.one(name)
-        if found is None and required:
-            raise _missing(parent, name)
+    def el(self, node: dict[str, Any]) -> etree._Element:
+        return self.walk.element(node)
+
+    def node(self, parent: dict[str, Any], name: str) -> Any:
+        """A required child element's node."""
+        found = parent.get(name)
+        if found is None:
+            raise _missing(self.el(parent), name)
         return found
 
-    def text(
-        self,
-        parent: _Node,
-        name: str,
-        loc: tuple[Any, ...] | None = None,
-        *,
-        required: bool = False,
-        keep: bool = False,
-    ) -> str | None:
-        """The stripped text of a leaf child; taken out of the residual unless ``keep``.
-        An empty optional leaf reads as None and stays in the residual (written back empty)."""
-        leaf = parent.kids.get(name)
-        if not isinstance(leaf, _Text):
-            if required:
-                raise _missing(parent, name)
-            return None
-        if loc is not None:
-            self.origin[loc] = leaf.el
-        if leaf.text == "" and not required:
+    def required(self, parent: dict[str, Any], name: str) -> str:
+        """A required leaf's text, taken out of the residual (empty: the model names it)."""
+        value = parent.pop(name, None)
+        if value is None:
+            raise _missing(self.el(parent), name)
+        return value  # type: ignore[no-any-return]
+
+    def text(self, parent: dict[str, Any], name: str, *, keep: bool = False) -> str | None:
+        """An optional leaf's text, taken out of the residual unless ``keep``. An empty one
+        reads as None and stays in the residual (written back empty)."""
+        value = parent.get(name)
+        if not value:
             return None
         if not keep:
-            del parent.kids[name]
-        return leaf.text
+            del parent[name]
+        return value  # type: ignore[no-any-return]
 
-    def agency(self, parent: _Node, name: str, loc: tuple[Any, ...]) -> str:
-        leaf = parent.kids.get(name)
-        if not isinstance(leaf, _Text):
-            raise _missing(parent, name)
-        self.origin[loc] = leaf.el
-        code = _agency(leaf.text)
+    def agency(self, parent: dict[str, Any], name: str = "OrganId") -> str:
+        raw = parent.get(name)
+        if raw is None:
+            raise _missing(self.el(parent), name)
+        code = _agency(raw)
         if code is None:
-            return leaf.text  # the model names it invalid, pointing at this element
-        if code == leaf.text:
-            del parent.kids[name]
+            return raw  # type: ignore[no-any-return]  # the model names it, at this element
+        if code == raw:
+            del parent[name]
         return code
 
-    def parsed(
-        self, parent: _Node, name: str, parse: Callable[[str], _T], required: bool
-    ) -> _T | None:
-        leaf = parent.kids.get(name)
-        raw = self.text(parent, name, required=required)
-        if raw is None:
-            return None
+    def parsed(self, parent: dict[str, Any], name: str, parse: Callable[[str], _T]) -> _T:
+        """A required leaf, parsed (``_date``, ``_timestamp``), taken out of the residual."""
+        raw = self.required(parent, name)
         try:
             return parse(raw)
         except ValueError as exc:
-            el = leaf.el if isinstance(leaf, _Text) else parent.el
-            raise _violation(el, str(exc)) from None
+            raise _violation(_child(self.el(parent), name), str(exc)) from None
 
     # the envelope --------------------------------------------------------------------------
     def envelope(self) -> AnyEnvelope:
         ext, ext_el = self.extension()
         header_ext = ext.get("header")
         self.overridden = set(header_ext) if isinstance(header_ext, dict) else set()
-        if isinstance(self.mh.kids.get("StatusCode"), _Text):
+        if type(self.mh.get("StatusCode")) is str:
             obj = self.status()
             kind: type[DocumentEnvelope] | type[StatusEnvelope] = StatusEnvelope
         else:
@@ -980,7 +1253,8 @@ class _Decoder:
         if ext:
             self.apply_extension(obj, ext, ext_el)
         self.drop_defaults(obj)
-        carry = _carry_text(_residual(self.package))
+        package = self.package
+        carry = _carry_text(package) if _prune(package) else ""
         if kind is DocumentEnvelope:
             obj["body"]["extra"].update(_carry_extra(carry))
         elif carry:
@@ -989,26 +1263,42 @@ class _Decoder:
                 {"at": at, "event": CARRY_KEY, "detail": chunk} for chunk in _chunks(carry)
             )
         try:
-            return kind.model_validate(obj)
+            envelope: DocumentEnvelope | StatusEnvelope = (
+                kind.__pydantic_validator__.validate_python(obj)  # model_validate, one call less
+            )
         except pydantic.ValidationError as exc:
-            raise self.model_violation(exc) from None
+            raise self.model_violation(exc, obj["kind"]) from None
+        if (
+            isinstance(envelope, DocumentEnvelope)
+            and envelope.body.operation is not Operation.NEW
+            and "id" not in self.overridden
+        ):
+            # The DocumentId names the document acted on: the content tells packages apart.
+            derived = operation_message_id(
+                self.document_key, envelope.body.operation, content_digest(envelope)
+            )
+            header = envelope.header.model_copy(update={"id": derived})
+            envelope = envelope.model_copy(update={"header": header})
+        return envelope
 
     def extension(self) -> tuple[dict[str, Any], etree._Element | None]:
-        for el in self.mh.ext_elements:
-            if el.tag == f"{{{EXT_NS}}}Envelope":
-                self.mh.ext_elements.remove(el)
-                try:
-                    value = orjson.loads((el.text or "").strip())
-                except orjson.JSONDecodeError as exc:
-                    raise _violation(el, f"the gateway extension is not JSON: {exc}") from None
-                if not isinstance(value, dict):
-                    raise _violation(el, "the gateway extension must be a JSON object")
-                return value, el
-        # Other elements of the gateway namespace are extensions like any other.
-        for el in self.mh.ext_elements:
-            self.mh.ext.append(etree.tostring(el, encoding="unicode", with_tail=False))
-        self.mh.ext_elements.clear()
-        return {}, None
+        """The gateway's own extension (``lt:Envelope`` in MessageHeader), parsed; any other
+        element of the gateway's namespace is an extension fragment like any other."""
+        found: etree._Element | None = None
+        for node, el in self.walk.extensions:
+            if found is None and node is self.mh and el.tag == _EXT_ENVELOPE:
+                found = el
+            else:
+                node.setdefault("#", []).append(_canonical_fragment(el))
+        if found is None:
+            return {}, None
+        try:
+            value = orjson.loads((found.text or "").strip())
+        except orjson.JSONDecodeError as exc:
+            raise _violation(found, f"the gateway extension is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise _violation(found, "the gateway extension must be a JSON object")
+        return value, found
 
     def apply_extension(self, obj: dict[str, Any], ext: dict[str, Any], el: Any) -> None:
         for part in ("header", "body"):
@@ -1018,142 +1308,173 @@ class _Decoder:
             for key, value in values.items():
                 self.origin[(part, key)] = el
                 if part == "body" and key == "attachments":
-                    merged = list(obj["body"].get("attachments", []))
-                    for item in sorted(value, key=lambda i: int(i.get("index", 0))):
-                        item = dict(item)
-                        merged.insert(int(item.pop("index", len(merged))), item)
-                    obj["body"]["attachments"] = merged
+                    obj["body"]["attachments"] = self.merged(obj, value, el)
                 elif part == "body" and key == "extra":
+                    if not isinstance(value, dict):
+                        raise _violation(el, "the gateway extension's extra must be an object")
                     obj["body"]["extra"] = {**value, **obj["body"].get("extra", {})}
                 else:
                     obj[part][key] = value
 
+    def merged(self, obj: dict[str, Any], value: Any, el: Any) -> list[Any]:
+        """The package's attachments with those stored by reference put back in their places."""
+        merged = list(obj["body"].get("attachments", []))
+        try:
+            for item in sorted(value, key=lambda i: int(i.get("index", 0))):
+                item = dict(item)
+                merged.insert(int(item.pop("index", len(merged))), item)
+        except (AttributeError, TypeError, ValueError):
+            detail = "the gateway extension's attachments must be objects with an index"
+            raise _violation(el, detail) from None
+        return merged
+
     def drop_defaults(self, obj: dict[str, Any]) -> None:
         """Take out of the residual the wire values that encoding regenerates from the Envelope
         alone, so an envelope that came without a residual goes back without one."""
-        header, body, mh = obj["header"], obj["body"], self.mh
-        if obj["kind"] == "document":
-            leaf = mh.kids.get("DocumentId")
-            try:
-                default = _default_document_id(
-                    uuid.UUID(str(header["id"])) if header.get("id") else None,
-                    header["sender"],
-                    body["promulgation"]["date"],
-                    body["number"],
-                    body["notation"],
-                )
-            except (KeyError, TypeError, ValueError):
-                default = None
-            if isinstance(leaf, _Text) and leaf.text == default:
-                del mh.kids["DocumentId"]
-        else:
-            rf = mh.one("ResponseFor")
-            leaf = rf.kids.get("DocumentId") if rf is not None else None
-            if rf is not None and isinstance(leaf, _Text) and leaf.text == str(body.get("about")):
-                del rf.kids["DocumentId"]
-        body_node = self.envelope_node.one("edXMLBody")
-        manifest = body_node.one("edXMLManifest") if body_node is not None else None
-        if manifest is not None and manifest.attrs.get("version") == "1.0":
-            del manifest.attrs["version"]
+        body, mh = obj["body"], self.mh
+        if obj["kind"] == "status":
+            rf = mh.get("ResponseFor")
+            rf = rf[0] if rf else None
+            if rf is not None and rf.get("DocumentId") == str(body.get("about")):
+                del rf["DocumentId"]
+        body_node = self.envelope_node.get("edXMLBody")
+        manifest = body_node.get("edXMLManifest") if body_node is not None else None
+        if manifest is not None:
+            attrs = manifest.get("@")
+            if attrs is not None and attrs.get("version") == "1.0":
+                del attrs["version"]
 
     def trace(self) -> list[dict[str, Any]]:
-        thl = self.node(self.header_node, "TraceHeaderList")
+        thl = self.header_node.get("TraceHeaderList")
         entries: list[dict[str, Any]] = []
         if thl is None:
             return entries
-        for i, th in enumerate(thl.many("TraceHeader")):
-            leaf = th.kids.get("OrganId")
+        for th in thl.get("TraceHeader", ()):
+            raw = th.get("OrganId")
             agency = None
-            if isinstance(leaf, _Text):
-                agency = _agency(leaf.text)
-                if agency == leaf.text:
-                    del th.kids["OrganId"]
-            at = self.parsed(th, "Timestamp", _timestamp, required=True)
-            self.origin[("header", "trace", i)] = th.el
+            if raw is not None:
+                agency = _agency(raw)
+                if agency == raw:
+                    del th["OrganId"]
+            at = self.parsed(th, "Timestamp", _timestamp)
             entries.append({"at": at, "event": TRACE_EVENT, "agency": agency})
         return entries
 
     def document(self) -> dict[str, Any]:
         mh = self.mh
-        frm = self.node(mh, "From", required=True)
-        assert frm is not None
-        header: dict[str, Any] = {"sender": self.agency(frm, "OrganId", ("header", "sender"))}
-        tos = mh.many("To")
+        tos = mh.get("To", ())
         if not tos and "to" not in self.overridden:
-            raise _missing(mh, "To")
-        header["to"] = [
-            {"agency": self.agency(to, "OrganId", ("header", "to", i, "agency"))}
-            for i, to in enumerate(tos)
-        ]
-        doc_id = self.text(mh, "DocumentId", ("header", "id"), keep=True)
-        header["id"] = message_id_for(doc_id) if doc_id else None
-        header["due"] = None
-        due = self.parsed(mh, "DueDate", _date, required=False)
-        if due is not None:
-            header["due"] = _due(due)
+            raise _missing(self.el(mh), "To")
+        header: dict[str, Any] = {
+            "sender": self.agency(self.node(mh, "From")),
+            "to": [{"agency": self.agency(to)} for to in tos],
+        }
+        key = mh.pop("DocumentId", None) or None  # empty: encoding writes one (document_id())
+        self.document_key = key or ""
+        header["id"] = message_id_for(key) if key else None
+        due = mh.get("DueDate")
+        header["due"] = _due(self.parsed(mh, "DueDate", _date)) if due else None
         header["priority"] = Priority.NORMAL
-        other = self.node(mh, "OtherInfo")
+        other = mh.get("OtherInfo")
         if other is not None:
-            raw = self.text(other, "Priority", ("header", "priority"), keep=True)
-            if raw is not None:
+            raw = other.get("Priority")
+            if raw:
                 header["priority"] = _PRIORITIES.get(raw, raw)
                 if _PRIORITY_CODES.get(header["priority"]) == raw:
-                    del other.kids["Priority"]
+                    del other["Priority"]
         header["references"] = [
-            message_id_for(d)
-            for rf in mh.many("ResponseFor")
-            if (d := self.text(rf, "DocumentId", keep=True))
+            message_id_for(d) for rf in mh.get("ResponseFor", ()) if (d := rf.get("DocumentId"))
         ]
         header["trace"] = self.trace()
 
-        code = self.node(mh, "Code", required=True)
-        prom = self.node(mh, "PromulgationInfo", required=True)
-        dtype = self.node(mh, "DocumentType", required=True)
-        assert code is not None and prom is not None and dtype is not None
+        code = self.node(mh, "Code")
+        prom = self.node(mh, "PromulgationInfo")
+        dtype = self.node(mh, "DocumentType")
+        required = self.required
         body: dict[str, Any] = {
-            "number": self.text(code, "CodeNumber", ("body", "number"), required=True),
-            "notation": self.text(code, "CodeNotation", ("body", "notation"), required=True),
-            "type": {
-                "code": self.text(dtype, "Type", ("body", "type", "code"), required=True),
-                "name": self.text(dtype, "TypeName", ("body", "type", "name"), required=True),
-            },
-            "subject": self.text(mh, "Subject", ("body", "subject"), required=True),
+            "number": required(code, "CodeNumber"),
+            "notation": required(code, "CodeNotation"),
+            "type": {"code": required(dtype, "Type"), "name": required(dtype, "TypeName")},
+            "subject": required(mh, "Subject"),
             "promulgation": {
-                "place": self.text(prom, "Place", ("body", "promulgation", "place"), required=True),
-                "date": self.parsed(prom, "PromulgationDate", _date, required=True),
+                "place": required(prom, "Place"),
+                "date": self.parsed(prom, "PromulgationDate", _date),
             },
-            "content": self.text(mh, "Content", ("body", "content")),
+            "content": self.text(mh, "Content"),
             "signer": None,
+            "document_id": key,
             "extra": {},
         }
-        signer = self.node(mh, "SignerInfo")
-        if signer is not None and self.text(signer, "FullName", keep=True):
+        signer = mh.get("SignerInfo")
+        if signer is not None and signer.get("FullName"):
             body["signer"] = {
-                "name": self.text(signer, "FullName", ("body", "signer", "name")),
-                "position": self.text(signer, "Position", ("body", "signer", "position")),
+                "name": self.text(signer, "FullName"),
+                "position": self.text(signer, "Position"),
             }
+        places = mh.get("ToPlaces")
+        if places is not None and "Place" in places:
+            written: list[str] = places["Place"]
+            typed = [place for place in written if place]
+            body["to_places"] = typed
+            if len(typed) == len(written):
+                del places["Place"]
+            else:  # an empty Place is no place; the raw list then stays as it came
+                nonempty = [i for i, place in enumerate(written) if place]
+                place_els = list(self.el(places).iterchildren(f"{{{NS}}}Place"))
+                for j, i in enumerate(nonempty):
+                    self.origin[("body", "to_places", j)] = place_els[i]
+        self.operation(body)
         body["attachments"] = self.attachments()
         return {"kind": "document", "header": header, "body": body}
 
+    def operation(self, body: dict[str, Any]) -> None:
+        """``Bussiness``: what the package does to its document (new, recall, update, replace),
+        why, and for a replace which documents it replaces. The rest of the block (Paper,
+        StaffInfo, BussinessDocumentInfo, each ReplacementInfo's OrganIdList...) stays in the
+        residual; so does a ReplacementInfoList of a package that is not a replace."""
+        thl = self.header_node.get("TraceHeaderList")
+        bussiness = thl.get("Bussiness") if thl is not None else None
+        if bussiness is None:
+            self.origin[("body",)] = self.el(self.mh)
+            return
+        raw = bussiness.pop("BussinessDocType", None)
+        operation = Operation.NEW
+        if raw is not None:
+            found = _OPERATIONS.get(raw)
+            if found is None:  # the XSD's pattern rules it out; kept for a clear error anyway
+                where = _child(self.el(bussiness), "BussinessDocType")
+                raise _violation(where, f"{raw!r} is not an operation (0-3)")
+            operation = found
+        body["operation"] = operation.value
+        body["operation_reason"] = self.text(bussiness, "BussinessDocReason")
+        if operation is not Operation.REPLACE:
+            return
+        replaced = bussiness.get("ReplacementInfoList")
+        infos = replaced.get("ReplacementInfo", ()) if replaced is not None else ()
+        body["replaces"] = [self.required(info, "DocumentId") for info in infos]
+
     def attachments(self) -> list[dict[str, Any]]:
-        body = self.node(self.envelope_node, "edXMLBody")
-        manifest = self.node(body, "edXMLManifest") if body is not None else None
-        refs = manifest.many("Reference") if manifest is not None else []
-        enc = self.node(self.package, "AttachmentEncoded")
-        files = enc.many("Attachment") if enc is not None else []
-        by_cid: dict[str, _Node] = {}
+        body = self.envelope_node.get("edXMLBody")
+        manifest = body.get("edXMLManifest") if body is not None else None
+        refs = manifest.get("Reference", ()) if manifest is not None else ()
+        enc = self.package.get("AttachmentEncoded")
+        files = enc.get("Attachment", ()) if enc is not None else ()
+        if not files and not refs:
+            return []
+        by_cid: dict[str, dict[str, Any]] = {}
         for f in files:
-            leaf = f.kids.get("ContentId")
-            if isinstance(leaf, _Text):
-                by_cid.setdefault(_cid(leaf.text), f)
-        ordered: list[tuple[_Node | None, _Node]] = []
+            own = f.get("ContentId")
+            if own is not None:
+                by_cid.setdefault(_cid(own), f)
+        ordered: list[tuple[dict[str, Any] | None, dict[str, Any]]] = []
         used: set[int] = set()
         for ref in refs:
-            leaf = ref.kids.get("ContentId")
-            cid = _cid(leaf.text) if isinstance(leaf, _Text) else ""
+            listed = ref.get("ContentId")
+            cid = _cid(listed) if listed is not None else ""
             found = by_cid.get(cid) if cid else None
             if found is None or id(found) in used:
-                where = leaf.el if isinstance(leaf, _Text) else ref.el
+                ref_el = self.el(ref)
+                where = _child(ref_el, "ContentId") if listed is not None else ref_el
                 raise _violation(
                     where, f"the manifest lists ContentId {cid!r} but no Attachment carries it"
                 )
@@ -1161,48 +1482,51 @@ class _Decoder:
             ordered.append((ref, found))
         for f in files:
             if id(f) not in used:
-                f.kids["!"] = "unlisted"  # in AttachmentEncoded but not in the manifest
+                f["!"] = "unlisted"  # in AttachmentEncoded but not in the manifest
                 ordered.append((None, f))
         # Residual lists aligned with body.attachments: files in envelope order.
-        if enc is not None:
-            enc.kids["Attachment"] = [f for _, f in ordered]
+        if enc is not None and files:
+            enc["Attachment"] = [f for _, f in ordered]
         result = [self.attachment(i, ref, f) for i, (ref, f) in enumerate(ordered)]
         for i, (ref, f) in enumerate(ordered):
-            own = f.kids.get("ContentId")
-            if ref is not None:
-                listed = ref.kids.get("ContentId")
-                if isinstance(own, _Text) and isinstance(listed, _Text) and own.text == listed.text:
-                    del ref.kids["ContentId"]  # written back from the Attachment's
-            if isinstance(own, _Text) and own.text == f"cid:{i + 1}":
-                del f.kids["ContentId"]  # what encoding generates for the i-th attachment
+            own = f.get("ContentId")
+            if ref is not None and own is not None and ref.get("ContentId") == own:
+                del ref["ContentId"]  # written back from the Attachment's
+            if own == f"cid:{i + 1}":
+                del f["ContentId"]  # what encoding generates for the i-th attachment
         return result
 
-    def attachment(self, i: int, ref: _Node | None, f: _Node) -> dict[str, Any]:
-        loc = ("body", "attachments", i)
-        self.origin[loc] = f.el
+    def attachment(
+        self, i: int, ref: dict[str, Any] | None, f: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.origin[("body", "attachments", i)] = self.el(f)
         values: dict[str, str | None] = {}
         for field_name in ("AttachmentName", "ContentType", "Description"):
-            own = self.text(f, field_name, (*loc, field_name))
+            own = self.text(f, field_name)
             other = self.text(ref, field_name, keep=True) if ref is not None else None
             values[field_name] = own if own is not None else other
             if ref is not None and other is not None and other == values[field_name]:
-                del ref.kids[field_name]  # the same as the Attachment's: written back from it
-        leaf = f.kids.pop("ContentTransferEncoded", None)
-        if not isinstance(leaf, _Text):
-            raise _missing(f, "ContentTransferEncoded")
-        encoded = "".join(leaf.text.split())
+                del ref[field_name]  # the same as the Attachment's: written back from it
+        text = f.pop("ContentTransferEncoded", None)
+        if text is None:
+            raise _missing(self.el(f), "ContentTransferEncoded")
+        encoded = "".join(text.split())
         try:
             raw = binascii.a2b_base64(encoded, strict_mode=True)
         except (binascii.Error, ValueError):
-            raise _violation(leaf.el, "the attachment is not valid base64") from None
+            # The XSD names the error as it always has (with the value); if it lets this
+            # through, the codec's own check still refuses it.
+            _check_with_xsd(self.root)
+            where = _child(self.el(f), "ContentTransferEncoded")
+            raise _violation(where, "the attachment is not valid base64") from None
         media = values["ContentType"] or "application/octet-stream"
         media_type = media.split(";")[0].strip().lower()
         if media_type != media:
-            f.kids["ContentType"] = _Text(leaf.el, media)
-        cid_leaf = f.kids.get("ContentId")
+            f["ContentType"] = media
+        cid = f.get("ContentId")
         name: str | None = values["AttachmentName"] or values["Description"]
-        if not name and isinstance(cid_leaf, _Text):
-            name = _cid(cid_leaf.text)
+        if not name and cid is not None:
+            name = _cid(cid)
         return {
             "name": name,
             "media_type": media_type,
@@ -1213,50 +1537,52 @@ class _Decoder:
         }
 
     def status(self) -> dict[str, Any]:
+        if self.walk.base64:
+            _check_with_xsd(self.root)  # attachments the status does not decode: the XSD checks
         mh = self.mh
-        frm = self.node(mh, "From", required=True)
-        assert frm is not None
-        rfs = mh.many("ResponseFor")
+        frm = self.node(mh, "From")
+        rfs = mh.get("ResponseFor")
         if not rfs:
-            raise _missing(mh, "ResponseFor")
+            raise _missing(self.el(mh), "ResponseFor")
         rf = rfs[0]
-        about = self.text(rf, "DocumentId", ("body", "about"), required=True, keep=True)
-        assert about is not None
+        about = rf.get("DocumentId")
+        if about is None:
+            raise _missing(self.el(rf), "DocumentId")
         header: dict[str, Any] = {
-            "sender": self.agency(frm, "OrganId", ("header", "sender")),
+            "sender": self.agency(frm),
             "to": []
-            if "to" in self.overridden and "OrganId" not in rf.kids
-            else [{"agency": self.agency(rf, "OrganId", ("header", "to", 0, "agency"))}],
+            if "to" in self.overridden and "OrganId" not in rf
+            else [{"agency": self.agency(rf)}],
             "trace": self.trace(),
         }
-        code_leaf = mh.kids.get("StatusCode")
-        if isinstance(code_leaf, _Text):
-            self.origin[("body", "code")] = code_leaf.el
-        staff = self.node(mh, "StaffInfo")
-        description = mh.kids.get("Description")
-        self.origin[("body",)] = description.el if isinstance(description, _Text) else mh.el
+        staff = mh.get("StaffInfo")
+        if "Description" not in mh:
+            self.origin[("body",)] = self.el(mh)
         body: dict[str, Any] = {
             "about": message_id_for(about),
-            "code": self.text(mh, "StatusCode", ("body", "code"), required=True),
-            "at": self.parsed(mh, "Timestamp", _timestamp, required=True),
-            "comment": self.text(mh, "Description", ("body", "comment")),
-            "by": self.text(staff, "Staff", ("body", "by")) if staff is not None else None,
+            "code": self.required(mh, "StatusCode"),
+            "at": self.parsed(mh, "Timestamp", _timestamp),
+            "comment": self.text(mh, "Description"),
+            "by": self.text(staff, "Staff") if staff is not None else None,
         }
         return {"kind": "status", "header": header, "body": body}
 
-    def model_violation(self, exc: pydantic.ValidationError) -> SchemaViolation:
+    def model_violation(self, exc: pydantic.ValidationError, kind: str) -> SchemaViolation:
         errors: list[FieldError] = []
         for err in exc.errors(include_url=False)[:20]:
             loc = tuple(
                 p for p in err["loc"] if p not in ("agency", "subtree") or len(err["loc"]) < 4
             )
-            element: etree._Element | None = None
+            element = self.el(self.mh)
             for cut in range(len(loc), 0, -1):
-                element = self.origin.get(loc[:cut])
-                if element is not None:
+                found = self.origin.get(loc[:cut])
+                if found is not None:
+                    element = found
                     break
-            if element is None:
-                element = self.mh.el
+                steps = _origin_steps(kind, loc[:cut])
+                if steps is not None:
+                    element = _follow(self.root, steps)
+                    break
             line = element.sourceline
             field_name = "/" + "/".join(str(p) for p in loc)
             errors.append(
@@ -1270,12 +1596,15 @@ class _Decoder:
 
 # -- the residual in the envelope (until the model has a field for it) ----------------------------
 def _carry_text(residual: dict[str, Any]) -> str:
-    return orjson.dumps(residual).decode("utf-8") if residual else ""
+    # Sorted keys: the same residual makes the same text whatever order the input had.
+    return orjson.dumps(residual, option=orjson.OPT_SORT_KEYS).decode("utf-8") if residual else ""
 
 
 def _chunks(text: str) -> list[str]:
     """Split into values of at most 4000 characters that survive whitespace stripping: a space
     at a cut is written as its JSON escape (whitespace only occurs inside JSON strings)."""
+    if len(text) <= _CARRY_CHUNK:
+        return [text]  # JSON text neither starts nor ends with whitespace
     out: list[str] = []
     for start in range(0, len(text), _CARRY_CHUNK):
         chunk = text[start : start + _CARRY_CHUNK]
@@ -1309,7 +1638,10 @@ def carried(envelope: AnyEnvelope) -> dict[str, Any]:
     mirrors the elements the Envelope has no field for (see the module docstring)."""
     if isinstance(envelope, DocumentEnvelope):
         extra = envelope.body.extra
-        parts = [extra[k] for k in _carry_keys(len(extra)) if k in extra]
+        if len(extra) == 1:  # the usual case: one part (or another system's one field)
+            parts = [extra[CARRY_KEY]] if CARRY_KEY in extra else []
+        else:
+            parts = [extra[k] for k in _carry_keys(len(extra)) if k in extra]
     else:
         parts = [t.detail or "" for t in envelope.header.trace if t.event == CARRY_KEY]
     if not parts:
@@ -1322,14 +1654,6 @@ def carried(envelope: AnyEnvelope) -> dict[str, Any]:
             errors=[FieldError("/body/extra/edxml", "not JSON")],
         ) from None
     return value if isinstance(value, dict) else {}
-
-
-def _dig(d: Any, *path: str) -> Any:
-    for name in path:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(name)
-    return d
 
 
 # -- encoding -------------------------------------------------------------------------------------
@@ -1369,6 +1693,24 @@ def _put(
         d.pop(name, None)
     else:
         d[name] = write(value)
+
+
+def _put_text(d: dict[str, Any], name: str, value: str | None) -> None:
+    """:func:`_put` for a text leaf (the common case, without the two indirections)."""
+    raw = d.get(name)
+    if raw is None:
+        if value is not None:
+            d[name] = value
+    elif not (type(raw) is str and (raw.strip() or None) == value):
+        if value is None:
+            del d[name]
+        else:
+            d[name] = value
+
+
+def _read_priority(raw: str) -> Priority | None:
+    # An empty Priority reads as normal (decoding keeps it, empty, in the residual).
+    return _PRIORITIES.get(raw.strip() or "0")
 
 
 def _read_text(raw: str) -> str | None:
@@ -1414,16 +1756,19 @@ def encode_edxml(envelope: AnyEnvelope, *, gateway_extension: bool = True) -> by
         _encode_status(envelope, mh, ext)
     _encode_trace(envelope, package, ext)
     ext = {k: v for k, v in ext.items() if v}
+    trusted: tuple[dict[str, Any], str] | None = None
     if ext and gateway_extension:
-        text = orjson.dumps(ext, option=orjson.OPT_SORT_KEYS).decode("utf-8")
-        mh[_RAW] = f'<lt:Envelope xmlns:lt="{EXT_NS}">{_escape(text, "/lt:Envelope")}</lt:Envelope>'
+        try:
+            text = orjson.dumps(ext, option=orjson.OPT_SORT_KEYS).decode("utf-8")
+        except orjson.JSONEncodeError as exc:  # a lone surrogate in a value
+            raise SchemaViolation(
+                f"cannot write edXML: {exc}", errors=[FieldError("", f"gateway extension: {exc}")]
+            ) from None
+        trusted = (mh, f'<lt:Envelope xmlns:lt="{EXT_NS}">{_escape(text)}</lt:Envelope>')
     out = [f'<?xml version="1.0" encoding="UTF-8"?>\n<edXML:edXML xmlns:edXML="{NS}"']
-    _write(out, package, PACKAGE, "", "/edXML")
+    _write_package(out, package, trusted)
     out.append("</edXML:edXML>\n")
-    text = "".join(out)
-    if _NOT_XML.search(text):
-        raise _not_xml(text, package)
-    return text.encode("utf-8")
+    return "".join(out).encode("utf-8")
 
 
 def _json(value: datetime) -> str:
@@ -1446,35 +1791,52 @@ def _encode_document(
     mh["To"] = written
     if len(written) != len(header.to):
         ext["header"]["to"] = [a.model_dump(mode="json") for a in header.to]
-    # DocumentId and the message id.
+    # DocumentId and the message id (see the module docstring, "Message ids").
     mh["DocumentId"] = document_id(envelope)
-    if header.id != message_id_for(mh["DocumentId"]):
+    if body.document_id is None:
+        ext["body"]["document_id"] = None  # DocumentId above is the gateway's, not the sender's
+    if header.id is None or header.id != package_message_id(envelope):
         ext["header"]["id"] = str(header.id) if header.id else None
     code = _sub(mh, "Code")
-    _put(code, "CodeNumber", body.number, _str, _read_text)
-    _put(code, "CodeNotation", body.notation, _str, _read_text)
+    _put_text(code, "CodeNumber", body.number)
+    _put_text(code, "CodeNotation", body.notation)
     prom = _sub(mh, "PromulgationInfo")
-    _put(prom, "Place", body.promulgation.place, _str, _read_text)
+    _put_text(prom, "Place", body.promulgation.place)
     _put(prom, "PromulgationDate", body.promulgation.date, _fmt_date, _read_date)
     dtype = _sub(mh, "DocumentType")
-    _put(dtype, "Type", body.type.code, _str, _read_text)
-    _put(dtype, "TypeName", body.type.name, _str, _read_text)
-    _put(mh, "Subject", body.subject, _str, _read_text)
-    _put(mh, "Content", body.content, _str, _read_text)
+    _put_text(dtype, "Type", body.type.code)
+    _put_text(dtype, "TypeName", body.type.name)
+    _put_text(mh, "Subject", body.subject)
+    _put_text(mh, "Content", body.content)
     signer = mh.get("SignerInfo")
     if body.signer is not None or isinstance(signer, dict):
         signer = _sub(mh, "SignerInfo")
-        _put(signer, "FullName", body.signer.name if body.signer else None, _str, _read_text)
+        _put_text(signer, "FullName", body.signer.name if body.signer else None)
         position = body.signer.position if body.signer else None
-        _put(signer, "Position", position, _str, _read_text)
+        _put_text(signer, "Position", position)
         if not signer:
             del mh["SignerInfo"]
     due_day = header.due.astimezone(ICT).date() if header.due else None
     _put(mh, "DueDate", due_day, _fmt_date, _read_date)
     if header.due is not None and header.due != _due(header.due.astimezone(ICT).date()):
         ext["header"]["due"] = _json(header.due)
+    places = mh.get("ToPlaces")
+    if body.to_places or isinstance(places, dict):
+        places = _sub(mh, "ToPlaces")
+        raw = places.get("Place")
+        # The raw list (it had an empty Place) stays while it still reads as to_places.
+        if not (
+            isinstance(raw, list)
+            and all(type(place) is str for place in raw)
+            and [place.strip() for place in raw if place.strip()] == body.to_places
+        ):
+            places["Place"] = list(body.to_places)
+        if not places.get("Place"):
+            places.pop("Place", None)
+        if not places:
+            del mh["ToPlaces"]
     other = _sub(mh, "OtherInfo")
-    _put(other, "Priority", header.priority, _PRIORITY_CODES.__getitem__, _PRIORITIES.get)
+    _put(other, "Priority", header.priority, _PRIORITY_CODES.__getitem__, _read_priority)
     derived = [
         message_id_for(rf["DocumentId"])
         for rf in mh.get("ResponseFor", [])
@@ -1487,7 +1849,41 @@ def _encode_document(
     others = {k: v for k, v in body.extra.items() if not _is_carry_key(k)}
     if others:
         ext["body"]["extra"] = others
+    _encode_operation(body, package)
     _encode_attachments(body.attachments, package, ext)
+
+
+def _encode_operation(body: DocumentBody, package: dict[str, Any]) -> None:
+    """``TraceHeaderList/Bussiness``: written when the package came with one, or when the
+    operation or its reason says something a package without one would not."""
+    header_d = _sub(_sub(package, "edXMLEnvelope"), "edXMLHeader")
+    thl = header_d.get("TraceHeaderList")
+    bussiness = thl.get("Bussiness") if isinstance(thl, dict) else None
+    if not isinstance(bussiness, dict):
+        if body.operation is Operation.NEW and body.operation_reason is None:
+            return
+        bussiness = _sub(_sub(header_d, "TraceHeaderList"), "Bussiness")
+    bussiness["BussinessDocType"] = _OPERATION_CODES[body.operation]
+    _put_text(bussiness, "BussinessDocReason", body.operation_reason)
+    listed = bussiness.get("ReplacementInfoList")
+    items_in = listed.get("ReplacementInfo") if isinstance(listed, dict) else None
+    items_in = items_in if isinstance(items_in, list) else []
+    if body.operation is Operation.REPLACE:
+        items = []
+        for i, key in enumerate(body.replaces):
+            item = _item(items_in, i)
+            _put_text(item, "DocumentId", key)
+            items.append(item)
+        _sub(bussiness, "ReplacementInfoList")["ReplacementInfo"] = items
+    elif items_in and not all(
+        isinstance(item, dict) and isinstance(item.get("DocumentId"), str) for item in items_in
+    ):
+        # Entries without their DocumentId held the replaces of a replace: stale once the
+        # envelope is no longer one. A list that came verbatim (with its DocumentIds) stays.
+        assert isinstance(listed, dict)
+        del listed["ReplacementInfo"]
+        if not listed:
+            del bussiness["ReplacementInfoList"]
 
 
 def _encode_attachments(
@@ -1504,11 +1900,7 @@ def _encode_attachments(
     refs: list[dict[str, Any]] = []
     files: list[dict[str, Any]] = []
     by_reference: list[dict[str, Any]] = []
-    taken = {
-        _cid(f["ContentId"])
-        for f in files_in
-        if isinstance(f, dict) and isinstance(f.get("ContentId"), str)
-    }
+    taken: set[str] | None = None  # the ContentIds in use, once a new one is needed
     for i, att in enumerate(attachments):
         if att.content is None:
             by_reference.append({"index": i, **att.model_dump(mode="json", exclude_none=True)})
@@ -1517,16 +1909,22 @@ def _encode_attachments(
         f = _item(files_in, k)
         cid = f.get("ContentId")
         if not isinstance(cid, str) or not cid.strip():
+            if taken is None:
+                taken = {
+                    _cid(g["ContentId"])
+                    for g in files_in
+                    if isinstance(g, dict) and isinstance(g.get("ContentId"), str)
+                }
             cid = f"cid:{k + 1}"
             while _cid(cid) in taken:
                 cid = f"cid:{k + 1}-{att.sha256[:12]}"
             taken.add(_cid(cid))
             f["ContentId"] = cid
-        _put(f, "AttachmentName", att.name, _str, _read_text)
+        _put_text(f, "AttachmentName", att.name)
         media = f.get("ContentType")
         if not (isinstance(media, str) and media.split(";")[0].strip().lower() == att.media_type):
             f["ContentType"] = att.media_type
-        _put(f, "Description", att.description, _str, _read_text)
+        _put_text(f, "Description", att.description)
         f["ContentTransferEncoded"] = att.content
         listed = f.pop("!", None) != "unlisted"
         files.append(f)
@@ -1560,7 +1958,7 @@ def _encode_status(envelope: StatusEnvelope, mh: dict[str, Any], ext: dict[str, 
     if not (isinstance(raw, str) and message_id_for(raw) == body.about):
         rf["DocumentId"] = str(body.about)
     mh["StatusCode"] = body.code.value
-    _put(mh, "Description", body.comment, _str, _read_text)
+    _put_text(mh, "Description", body.comment)
     at_text = _fmt_timestamp(body.at)
     raw_at = mh.get("Timestamp")
     if not (isinstance(raw_at, str) and _read_ts(raw_at) == body.at):
@@ -1570,7 +1968,7 @@ def _encode_status(envelope: StatusEnvelope, mh: dict[str, Any], ext: dict[str, 
     staff = mh.get("StaffInfo")
     if body.by is not None or isinstance(staff, dict):
         staff = _sub(mh, "StaffInfo")
-        _put(staff, "Staff", body.by, _str, _read_text)
+        _put_text(staff, "Staff", body.by)
         if not staff:
             del mh["StaffInfo"]
     if header.id is not None:
@@ -1590,10 +1988,6 @@ def _read_ts(raw: str) -> datetime | None:
         return None
 
 
-def _representable(entry: TraceEntry) -> bool:
-    return entry.event == TRACE_EVENT and entry.detail is None and entry.at.microsecond == 0
-
-
 def _encode_trace(envelope: AnyEnvelope, package: dict[str, Any], ext: dict[str, Any]) -> None:
     trace = [t for t in envelope.header.trace if t.event != CARRY_KEY]
     header_d = _sub(_sub(package, "edXMLEnvelope"), "edXMLHeader")
@@ -1602,8 +1996,8 @@ def _encode_trace(envelope: AnyEnvelope, package: dict[str, Any], ext: dict[str,
     items_in = items_in if isinstance(items_in, list) else []
     items: list[dict[str, Any]] = []
     for entry in trace:
-        if not _representable(entry):
-            continue
+        if entry.event != TRACE_EVENT or entry.detail is not None or entry.at.microsecond:
+            continue  # not what a TraceHeader can say: in the gateway extension below
         item = _item(items_in, len(items))
         raw = item.get("OrganId")
         if not (isinstance(raw, str) and _agency(raw.strip()) == entry.agency):
@@ -1625,79 +2019,144 @@ def _encode_trace(envelope: AnyEnvelope, package: dict[str, Any], ext: dict[str,
             header_d.pop("TraceHeaderList")
 
 
-_RAW = "~raw"  # a key of a residual object: trusted XML the encoder itself made
 _TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
 _ATTR_ESCAPES = str.maketrans(
     {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\r": "&#13;", "\n": "&#10;"}
     | {"\t": "&#9;"}
 )
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+#: An attribute's name as a residual may give it: an XML name, or ``{uri}name``.
+_ATTRIBUTE_NAME = re.compile(r"(?:\{[^{}\s]+\})?[^\W\d][\w.\-]*")
 
 
-_SPECIAL = re.compile('[&<>"\r\n\t]')
+def _text(value: str, where: str, out: list[str], table: dict[int, str] = _TEXT_ESCAPES) -> str:
+    """``value`` escaped for XML. A printable string (the common case, one C call) holds no
+    character XML cannot carry; any other is searched for one and refused."""
+    if value.isprintable():
+        if "&" in value or "<" in value or ">" in value or '"' in value:
+            return value.translate(table)
+        return value
+    if _NOT_XML.search(value):
+        raise _not_xml(where, out)
+    return value.translate(table)
 
 
-def _escape(text: str, path: str, table: dict[int, str] = _TEXT_ESCAPES) -> str:
-    """Escaped for XML; characters XML cannot carry are checked once over the whole output."""
-    return text.translate(table) if _SPECIAL.search(text) else text
+def _escape(text: str, table: dict[int, str] = _TEXT_ESCAPES) -> str:
+    return text.translate(table)
 
 
-def _not_xml(out: str, package: dict[str, Any]) -> SchemaViolation:
+def _not_xml(where: str, out: list[str]) -> SchemaViolation:
     detail = "a character XML cannot carry (a control character or a lone surrogate)"
-    where = ""
-    match = _NOT_XML.search(out)
-    if match:
-        line = out.count("\n", 0, match.start()) + 1
-        where = f"line {line} of the output"
+    line = "".join(out).count("\n") + 1
+    place = f"line {line} of the output, {where}"
     return SchemaViolation(
-        f"cannot write edXML: {detail} ({where})", errors=[FieldError("", f"{where}: {detail}")]
+        f"cannot write edXML: {detail} ({place})", errors=[FieldError("", f"{place}: {detail}")]
     )
 
 
-def _write(out: list[str], d: dict[str, Any], spec: Complex, indent: str, path: str) -> None:
-    """Append the element whose start tag is open (``<edXML:X``, attributes still to come)."""
-    attrs = d.get("@")
-    if isinstance(attrs, dict):
-        declared: dict[str, str] = {}
-        for key, value in attrs.items():
-            name = str(key)
-            if name[:1] == "{":
-                uri, _, local = name[1:].partition("}")
-                prefix = "xlink" if uri == XLINK_NS else declared.get(uri, f"ns{len(declared)}")
-                if uri not in declared:
-                    declared[uri] = prefix
-                    out.append(f' xmlns:{prefix}="{_escape(uri, path, _ATTR_ESCAPES)}"')
-                name = f"{prefix}:{local}"
-            out.append(f' {name}="{_escape(str(value), path, _ATTR_ESCAPES)}"')
-    out.append(">\n")
-    inner = indent + "  "
-    for child in spec.children:
-        value = d.get(child.name)
-        if value is None:
-            continue
-        kind = child.spec
-        tag = "edXML:" + child.name
-        for item in value if (child.many and isinstance(value, list)) else (value,):
-            where = f"{path}/{child.name}"
-            if isinstance(kind, Leaf):
-                text = item if isinstance(item, str) else str(item)
-                out.append(f"{inner}<{tag}>{_escape(text, where)}</{tag}>\n")
-            elif isinstance(kind, Complex) and isinstance(item, dict):
-                out.append(f"{inner}<{tag}")
-                _write(out, item, kind, inner, where)
-                out.append(f"{inner}</{tag}>\n")
-    fragments = d.get("#")
-    if isinstance(fragments, list):
-        for fragment in fragments:
-            text = etree.tostring(_fragment(str(fragment)), encoding="unicode")
-            out.append(f"{inner}{text}\n")
-    raw = d.get(_RAW)
-    if isinstance(raw, str):
-        out.append(f"{inner}{raw}\n")
+def _attributes(out: list[str], attrs: dict[str, Any]) -> None:
+    """The ``"@"`` of a residual object as attributes of the start tag being written."""
+    declared: dict[str, str] = {}
+    for key, value in attrs.items():
+        name = str(key)
+        if not _ATTRIBUTE_NAME.fullmatch(name):
+            raise SchemaViolation(
+                f"cannot write edXML: {name!r} is not an attribute name",
+                errors=[FieldError("/body/extra/edxml", "an attribute name is not XML")],
+            )
+        if name[:1] == "{":
+            uri, _, local = name[1:].partition("}")
+            if uri == XML_NS:  # xml:lang, xml:space: bound by XML itself, never declared
+                out.append(f' xml:{local}="{_text(str(value), name, out, _ATTR_ESCAPES)}"')
+                continue
+            prefix = "xlink" if uri == XLINK_NS else declared.get(uri, f"ns{len(declared)}")
+            if uri not in declared:
+                declared[uri] = prefix
+                out.append(f' xmlns:{prefix}="{_text(uri, name, out, _ATTR_ESCAPES)}"')
+            name = f"{prefix}:{local}"
+        out.append(f' {name}="{_text(str(value), name, out, _ATTR_ESCAPES)}"')
 
 
-def _fragment(text: str) -> etree._Element:
-    return xmlsafe.parse(text.encode("utf-8"), _FRAGMENT_LIMITS)
+_Writer = Callable[[list[str], dict[str, Any], "tuple[dict[str, Any], str] | None"], None]
+
+
+def _writers(spec: Complex) -> _Writer:
+    """The writer of the structure table, generated once at import: for every element of the
+    package tree a function of straight-line code, one test per known child in the standard's
+    order, start and end tags with their indentation as constants (writing is a third of a round
+    trip, and most of it was walking the table and concatenating). A writer appends the element
+    whose start tag is open (``<edXML:X``, attributes still to come) from its residual object
+    ``d``; what it writes is escaped (leaf text), re-parsed (``"#"`` fragments) or ``trusted``:
+    XML the encoder itself made for one object (the gateway extension), never the residual's."""
+    sources: list[str] = []
+
+    def generate(spec: Complex, indent: str, path: str) -> str:
+        fname = f"_write{path.replace('/', '_')}"
+        inner = indent + "  "
+        lines = [
+            f"def {fname}(out, d, trusted):",
+            "    get = d.get",
+            "    attrs = get('@')",
+            "    if type(attrs) is dict:",
+            "        _attributes(out, attrs)",
+            "    out.append('>\\n')",
+        ]
+        for name, start, end, leaf, many, sub in spec.write:
+            lines += [f"    value = get({name!r})", "    if value is not None:"]
+            if leaf:
+                body = [
+                    "text = item if type(item) is str else str(item)",
+                    "if not text.isprintable() or '&' in text or '<' in text or '>' in text:",
+                    f"    text = _text(text, {name!r}, out)",
+                    f"out.append(f{inner + start + '>{text}' + end!r})",
+                ]
+            else:
+                assert sub is not None
+                body = [
+                    "if type(item) is dict:",
+                    f"    out.append({inner + start!r})",
+                    f"    {generate(sub, inner, f'{path}/{name}')}(out, item, trusted)",
+                    f"    out.append({inner + end!r})",
+                ]
+            if many:
+                lines.append("        for item in (value if type(value) is list else (value,)):")
+                lines += [f"            {line}" for line in body]
+            else:
+                lines += [f"        {line.replace('item', 'value')}" for line in body]
+        lines += [
+            "    fragments = get('#')",
+            "    if type(fragments) is list:",
+            "        for fragment in fragments:",
+            f"            out.append({inner!r} + _fragment(str(fragment)) + '\\n')",
+            "    if trusted is not None and trusted[0] is d:",
+            f"        out.append({inner!r} + trusted[1] + '\\n')",
+        ]
+        sources.append("\n".join(lines))
+        return fname
+
+    top = generate(spec, "", f"_{spec.type_name}")
+    scope: dict[str, Any] = {"_attributes": _attributes, "_text": _text, "_fragment": _fragment}
+    code = compile("\n\n".join(sources), f"<edXML writers: {spec.type_name}>", "exec")
+    exec(code, scope)  # noqa: S102 -- code made above from the static table, no input in it
+    writer: _Writer = scope[top]
+    return writer
+
+
+@functools.lru_cache(maxsize=256)
+def _fragment_cached(text: str) -> str:
+    return etree.tostring(xmlsafe.parse(text.encode("utf-8"), _FRAGMENT_LIMITS), encoding="unicode")
+
+
+def _fragment(text: str) -> str:
+    """An extension fragment of the residual, re-parsed with the hardened parser and written
+    by lxml: a residual cannot smuggle anything but one well-formed element. Small fragments
+    (the usual vendor element) are cached: the same text is the same output."""
+    if len(text) <= 4096:
+        return _fragment_cached(text)
+    return etree.tostring(xmlsafe.parse(text.encode("utf-8"), _FRAGMENT_LIMITS), encoding="unicode")
+
+
+_write_package = _writers(PACKAGE)
 
 
 # -- streaming attachments ------------------------------------------------------------------------

@@ -62,10 +62,14 @@ _local = threading.local()
 
 
 def safe_parser(
-    *, recover: bool = False, target: Any = None, keep_comments: bool = False
+    *, recover: bool = False, target: Any = None, keep_comments: bool = False,
+    drop_blank_text: bool = False,
 ) -> etree.XMLParser:
     """An lxml parser that never resolves entities, loads a DTD or touches the network.
-    ``keep_comments`` keeps comments and PIs (a signature's C14N may cover them)."""
+    ``keep_comments`` keeps comments and PIs (a signature's C14N may cover them);
+    ``drop_blank_text`` drops whitespace-only text between elements (a codec that strips
+    whitespace anyway saves building those nodes; never for a signature, whose digest covers
+    them)."""
     return etree.XMLParser(
         resolve_entities=False,
         no_network=True,
@@ -74,18 +78,19 @@ def safe_parser(
         huge_tree=False,
         remove_comments=not keep_comments,
         remove_pis=not keep_comments,
+        remove_blank_text=drop_blank_text,
         collect_ids=False,
         recover=recover,
         target=target,
     )
 
 
-def _cached_parser(recover: bool) -> etree.XMLParser:
+def _cached_parser(recover: bool, drop_blank_text: bool = False) -> etree.XMLParser:
     # Parsers are not thread-safe but are reusable within one thread: one per thread and mode.
-    key = "recover" if recover else "strict"
+    key = ("recover" if recover else "strict") + ("-compact" if drop_blank_text else "")
     parser: etree.XMLParser | None = getattr(_local, key, None)
     if parser is None:
-        parser = safe_parser(recover=recover)
+        parser = safe_parser(recover=recover, drop_blank_text=drop_blank_text)
         setattr(_local, key, parser)
     return parser
 
@@ -242,6 +247,9 @@ def check_limits(root: etree._Element, limits: XmlLimits, size: int | None = Non
     deep = "/*" + "/*" * limits.max_depth
     attr = f"//@*[string-length() > {int(limits.max_attribute_length)}]"
     text = f"//text()[string-length() > {int(limits.max_text)}]"
+    small = size is not None and size <= min(limits.max_elements * 4, limits.max_text)
+    if small and not _compiled(f"boolean({deep} | {attr})")(root):
+        return  # one pass says there is nothing to find (the usual case, a few KB)
     found = _first(root, f"({deep})[1]") if _compiled(f"boolean({deep})")(root) else None
     if found is not None:
         raise _refuse(f"elements nested deeper than {limits.max_depth}", **_at(found))
@@ -276,16 +284,18 @@ def parse(
     limits: XmlLimits = DEFAULT_LIMITS,
     *,
     recover_if: Callable[[etree.XMLSyntaxError], bool] | None = None,
+    drop_blank_text: bool = False,
 ) -> etree._Element:
     """Parse ``data`` under the rules above and return the root element.
 
     ``recover_if`` lets a codec accept a known, documented vendor defect: when the strict parse
     fails and ``recover_if(error)`` is true, the document is parsed again in libxml2's recover
     mode (still without DTDs, entities or network) and the caller must check the result.
+    ``drop_blank_text``: see :func:`safe_parser`.
     """
     data = check_input(data, limits)
     try:
-        root = etree.fromstring(data, _cached_parser(False))
+        root = etree.fromstring(data, _cached_parser(False, drop_blank_text))
     except etree.XMLSyntaxError:
         # The error log also holds earlier documents' errors: clear it and parse again (the
         # error path only) so that the log is this document's alone.

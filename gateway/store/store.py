@@ -409,7 +409,9 @@ class Store:
                         {"message_id": message_id, "sender": sender, "document_key": key,
                          "relation": relation, "accepted_at": now}
                         for key, relation in ((document.key, "self"),
-                                              *((k, "replaces") for k in document.replaces))
+                                              *((k, "replaces")
+                                                for k in dict.fromkeys(document.replaces)
+                                                if k != document.key))
                     ])
                 addressed = {final: original for original, final in redirects.items()}
                 await conn.execute(
@@ -755,11 +757,16 @@ class Store:
             if not rows:
                 return []
             for row in rows:
+                # A message the agency's own consumer refused (an AMQP agency rejects it after
+                # delivery) is still ``delivered``: it must be pending again, or the worker
+                # would take the replay for a duplicate and drop it.
+                replayable = [State.FAILED] + ([State.DELIVERED] if row.reason == "rejected"
+                                               else [])
                 await conn.execute(
                     recipients.update()
                     .where(recipients.c.message_id == row.message_id,
                            recipients.c.agency == row.recipient,
-                           recipients.c.state == State.FAILED)
+                           recipients.c.state.in_(replayable))
                     .values(state=State.PENDING, attempts=0, failed_at=None, updated_at=now)
                 )
             inserted = await conn.execute(

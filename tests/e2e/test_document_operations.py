@@ -8,6 +8,8 @@ import asyncio
 import uuid
 from typing import Any
 
+from gateway.codecs import decode_obj, encode_edxml
+from gateway.codecs.edxml import message_id_for
 from tests.conftest import HUE, PHONG_DIEN, PROVINCE, Gateway, GatewayFactory, document
 
 DISTRICT_B = "000.00.32.H57"
@@ -177,6 +179,13 @@ async def test_versions_are_linked(make_gateway: GatewayFactory) -> None:
     # Phong Điền sees the versions that were sent to it, not the first one.
     seen = (await view(gateway, PHONG_DIEN, update))["document"]["versions"]
     assert [v["id"] for v in seen] == [update]
+    # A replacement that keeps the DocumentId it replaces (as vendors' packages do) is the
+    # next version of that document.
+    same = document(PROVINCE, [{"agency": HUE}])
+    same["body"].update({"operation": "replace", "document_id": key, "replaces": [key, key]})
+    kept = await accepted(gateway, PROVINCE, same)
+    versions = (await view(gateway, PROVINCE, kept))["document"]["versions"]
+    assert [v["id"] for v in versions][-1] == kept and versions[-1]["relation"] == "self"
     unknown = document(PROVINCE, [{"agency": HUE}])
     unknown["body"].update({"operation": "replace", "replaces": ["no such document"]})
     await refused(gateway, PROVINCE, unknown, 422, "/body/replaces/0")
@@ -194,3 +203,28 @@ async def test_same_message_id_sent_twice_at_once_is_one_message(
     assert ids == {envelope["header"]["id"]}
     replayed = [a.headers.get("Idempotent-Replayed") for a in answers]
     assert replayed.count("true") == 3
+
+
+async def test_recall_as_edxml_packages_with_the_same_document_id(
+    make_gateway: GatewayFactory,
+) -> None:
+    # As real systems do it: the recall package carries the original's DocumentId.
+    gateway = await make_gateway(broker=False)
+    key = f"{HUE},2026/11/20,15/CT-UBND"
+    original = document(HUE, [{"agency": PROVINCE}])
+    original["body"]["document_id"] = key
+    recall = operation(HUE, [PROVINCE], "recall", key, operation_reason="Ban hành nhầm")
+    headers = {**await gateway.auth(HUE), "Content-Type": "application/xml"}
+    ids = []
+    for envelope in (original, recall):
+        package = encode_edxml(decode_obj(envelope), gateway_extension=False)  # a vendor's
+        response = await gateway.client.post("/api/v1/edxml/messages", data=package,
+                                             headers=headers)
+        assert response.status == 202, await response.text()
+        ids.append((await response.json())["id"])
+    assert ids[0] == str(message_id_for(key)) and ids[1] != ids[0]
+    seen = await view(gateway, HUE, ids[1])
+    assert seen["operation"] == "recall" and seen["document"]["document_id"] == key
+    # The province answers about the document, as an edXML status package would.
+    await accepted(gateway, PROVINCE, status(PROVINCE, HUE, ids[0], "15"))
+    assert recipient(await view(gateway, HUE, ids[1]), PROVINCE)["answer"]["code"] == "15"

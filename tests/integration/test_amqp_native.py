@@ -34,6 +34,7 @@ from adapters.amqp_native import (
     vhost_of,
 )
 from gateway import topology as topo
+from gateway.api.keys import RELAY
 from gateway.broker import Broker, delete_topology
 from gateway.codecs import decode, decode_edxml, decode_obj, encode
 from gateway.delivery import H_ATTEMPT, H_RECIPIENT, H_SENDER, Delivery
@@ -232,6 +233,16 @@ async def test_an_amqp_agency_consumes_its_own_queue_and_nothing_else(
 
         await gateway.wait_for(kept)
         assert await gateway.recipient_state(second, AMQP_AGENCY) == "delivered"
+
+        # Settled with the agency, an operator replays it: it is in the agency's queue again.
+        rows = await gateway.store.replay_dead_letters(
+            DeadLetterFilter(agency=AMQP_AGENCY), by="operator", comment="settled by phone")
+        assert [r.message_id for r in rows] == [second]
+        await gateway.client.app[RELAY].publish(rows)
+        again = await _next(queue)
+        assert again.message_id == second
+        await again.ack()
+        await gateway.wait_state(second, AMQP_AGENCY, "delivered")
 
         # Revoked: the open connection is closed by the broker, a new one is refused.
         closed = _closed(connection)

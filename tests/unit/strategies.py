@@ -20,6 +20,7 @@ from gateway.envelope import (
     DocumentEnvelope,
     DocumentType,
     Header,
+    Operation,
     Priority,
     Promulgation,
     Signer,
@@ -150,30 +151,63 @@ def headers() -> st.SearchStrategy[Header]:
     )
 
 
-def document_bodies() -> st.SearchStrategy[DocumentBody]:
-    return st.builds(
-        DocumentBody,
-        number=st.integers(1, 99999).map(str),
-        notation=st.sampled_from(["UBND-VP", "SNV-TCCB", "QĐ-UBND", "CT-TTg", "BTC-NSNN"]),
-        type=st.builds(
-            DocumentType,
-            code=st.sampled_from(["CV", "QĐ", "CT", "TB", "BC"]),
-            name=short_texts(),
+NOTATIONS = ("UBND-VP", "SNV-TCCB", "QĐ-UBND", "CT-TTg", "BTC-NSNN")
+
+
+def document_keys() -> st.SearchStrategy[str]:
+    """Mã văn bản (edXML DocumentId): mostly ``{OrganId},{yyyy/MM/dd},{number}/{notation}``,
+    sometimes a UUID or free text, as deployed systems write them."""
+    conventional = st.builds(
+        lambda agency, day, number, notation: f"{agency},{day:%Y/%m/%d},{number}/{notation}",
+        agency_codes(),
+        st.dates(min_value=date(1945, 9, 2), max_value=date(2100, 12, 31)),
+        st.integers(1, 99999),
+        st.sampled_from(NOTATIONS),
+    )
+    return st.one_of(conventional, st.uuids().map(str), words(4))
+
+
+@st.composite
+def document_bodies(draw: st.DrawFn) -> DocumentBody:
+    """A document of any operation: a recall or update names its document, a replace the
+    documents it replaces (the model's rules)."""
+    operation = draw(st.sampled_from(Operation))
+    if operation in {Operation.RECALL, Operation.UPDATE}:
+        key: str | None = draw(document_keys())
+    else:
+        key = draw(st.none() | document_keys())
+    replaces = (
+        draw(st.lists(document_keys(), min_size=1, max_size=3))
+        if operation is Operation.REPLACE
+        else []
+    )
+    return DocumentBody(
+        number=str(draw(st.integers(1, 99999))),
+        notation=draw(st.sampled_from(NOTATIONS)),
+        type=DocumentType(
+            code=draw(st.sampled_from(["CV", "QĐ", "CT", "TB", "BC"])), name=draw(short_texts())
         ),
-        subject=long_texts(),
-        promulgation=st.builds(
-            Promulgation,
-            place=st.sampled_from(["Huế", "Hà Nội", "Thành phố Hồ Chí Minh", "Đà Nẵng"]),
-            date=st.dates(min_value=date(1945, 9, 2), max_value=date(2100, 12, 31)),
+        subject=draw(long_texts()),
+        promulgation=Promulgation(
+            place=draw(st.sampled_from(["Huế", "Hà Nội", "Thành phố Hồ Chí Minh", "Đà Nẵng"])),
+            date=draw(st.dates(min_value=date(1945, 9, 2), max_value=date(2100, 12, 31))),
         ),
-        signer=st.none()
-        | st.builds(Signer, name=short_texts(), position=st.none() | short_texts()),
-        content=st.none() | long_texts(),
-        attachments=st.lists(attachments(), max_size=3),
-        extra=st.dictionaries(
-            st.sampled_from(["so_den", "ngay_den", "do_mat", "linh_vuc", "ghi_chú"]),
-            st.just("") | words(6),
-            max_size=3,
+        signer=draw(
+            st.none() | st.builds(Signer, name=short_texts(), position=st.none() | short_texts())
+        ),
+        content=draw(st.none() | long_texts()),
+        attachments=draw(st.lists(attachments(), max_size=3)),
+        document_id=key,
+        operation=operation,
+        operation_reason=draw(st.none() | long_texts()),
+        replaces=replaces,
+        to_places=draw(st.lists(short_texts(), max_size=3)),
+        extra=draw(
+            st.dictionaries(
+                st.sampled_from(["so_den", "ngay_den", "do_mat", "linh_vuc", "ghi_chú"]),
+                st.just("") | words(6),
+                max_size=3,
+            )
         ),
     )
 

@@ -62,6 +62,7 @@ class Model:
             self.holder, self.pending = self.pending[1], None
         elif step is Step.RESULT:
             self.completed = True
+            self.holder = R  # the result is with the receiving agency, where the citizen waits
         elif step is Step.TRANSFER:
             self.involved.add(to or "")
             if self.pending:

@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 import xmlschema
 from hypothesis import HealthCheck, given, settings
@@ -23,10 +24,13 @@ from gateway.codecs.edxml import (
     NS,
     TRACE_EVENT,
     carried,
+    content_digest,
     decode_edxml,
     document_id,
     encode_edxml,
     message_id_for,
+    operation_message_id,
+    package_message_id,
     xsd_text,
 )
 from gateway.envelope import (
@@ -34,6 +38,7 @@ from gateway.envelope import (
     AnyEnvelope,
     DocumentEnvelope,
     Header,
+    Operation,
     Priority,
     StatusBody,
     StatusCode,
@@ -208,7 +213,15 @@ def test_document_sample_maps_to_the_envelope() -> None:
         AgencyAddress(agency="000.00.00.H14"),
         AgencyAddress(agency="000.00.00.G17"),
     ]
-    assert header.id == message_id_for("000.00.00.G22,2015/09/30,7816/VPCP-TTĐT")
+    # An update: its DocumentId is the document's; its id is its own (see test_message_ids_*).
+    assert body.document_id == "000.00.00.G22,2015/09/30,7816/VPCP-TTĐT"
+    assert body.operation is Operation.UPDATE
+    assert body.operation_reason == "Cập nhật văn bản điện tử"
+    assert body.replaces == []
+    assert body.to_places == ["Cac bo va co quan ngang bo", "Uy ban nhan dan cac tinh, TP"]
+    assert header.id == operation_message_id(
+        "000.00.00.G22,2015/09/30,7816/VPCP-TTĐT", Operation.UPDATE, content_digest(envelope)
+    )
     assert header.due == datetime(2018, 9, 28, 23, 59, 59, tzinfo=ICT)
     assert header.priority is Priority.NORMAL
     assert header.trace == [
@@ -227,16 +240,19 @@ def test_document_sample_maps_to_the_envelope() -> None:
     raw = base64.b64decode(attachment.content)
     assert raw[:2] == b"PK" and attachment.size == len(raw)
     assert attachment.sha256 == hashlib.sha256(raw).hexdigest()
-    # What the Envelope has no field for is kept, e.g. the operation (2 = update) and receivers.
+    # What the Envelope has no field for is kept, e.g. the business block's receivers; what it
+    # has a field for is not kept twice.
     residual = carried(envelope)
     bussiness = residual["edXMLEnvelope"]["edXMLHeader"]["TraceHeaderList"]["Bussiness"]
-    assert bussiness["BussinessDocType"] == "2"
+    assert "BussinessDocType" not in bussiness and "BussinessDocReason" not in bussiness
+    assert bussiness["DocumentId"] == "000.00.00.G22,2014/02/30,7806/VPCP-TTĐT"
+    assert bussiness["Paper"] == "0" and bussiness["StaffInfo"]["Department"]
     receivers = bussiness["BussinessDocumentInfo"]["ReceiverList"]["Receiver"]
     assert [r["OrganId"] for r in receivers] == ["000.00.00.H41", "000.00.00.H14"]
     mh = residual["edXMLEnvelope"]["edXMLHeader"]["MessageHeader"]
     assert mh["To"][1]["OrganName"] == "UBND Tỉnh Cao Bằng"
     assert mh["SteeringType"] == "1"
-    assert mh["ToPlaces"]["Place"] == ["Cac bo va co quan ngang bo", "Uy ban nhan dan cac tinh, TP"]
+    assert "ToPlaces" not in mh and "DocumentId" not in mh
 
 
 @pytest.mark.parametrize(
@@ -250,8 +266,8 @@ def test_document_sample_maps_to_the_envelope() -> None:
 )
 def test_document_operations_are_kept(name: str, operation: str) -> None:
     envelope = decode_edxml(sample(name))
-    bussiness = carried(envelope)["edXMLEnvelope"]["edXMLHeader"]["TraceHeaderList"]["Bussiness"]
-    assert bussiness["BussinessDocType"] == operation
+    assert isinstance(envelope, DocumentEnvelope)
+    assert envelope.body.operation is list(Operation)[int(operation)]
     written = encode_edxml(envelope)
     assert f"<edXML:BussinessDocType>{operation}</edXML:BussinessDocType>".encode() in written
 
@@ -519,6 +535,47 @@ def test_a_forged_residual_cannot_smuggle_xml() -> None:
         encode_edxml(forged)
 
 
+_MH_RESIDUAL = '{{"edXMLEnvelope":{{"edXMLHeader":{{"MessageHeader":{{{}}}}}}}}}'
+
+
+@pytest.mark.parametrize(
+    ("inside", "kept"),
+    [
+        # "~raw" was once the encoder's own key for trusted XML: a residual cannot use it.
+        ('"~raw":"<edXML:To><edXML:OrganId>000.00.00.H57</edXML:OrganId></edXML:To>"', False),
+        # A residual's text is text, whatever it looks like.
+        ('"SteeringType":"</edXML:SteeringType><x/>"', True),
+    ],
+)
+def test_a_forged_residual_cannot_inject_markup(inside: str, kept: bool) -> None:
+    envelope = decode_edxml(fixture("edoc_nested_from.edxml"))
+    assert isinstance(envelope, DocumentEnvelope)
+    residual = _MH_RESIDUAL.format(inside)
+    forged = envelope.model_copy(
+        update={"body": envelope.body.model_copy(update={"extra": {CARRY_KEY: residual}})}
+    )
+    data = encode_edxml(forged)
+    root = etree.fromstring(data)
+    assert SCHEMA.validate(root), [str(e) for e in SCHEMA.error_log]
+    assert [to.findtext(f"{{{NS}}}OrganId") for to in root.iter(f"{{{NS}}}To")] == [
+        a.agency for a in envelope.header.to if isinstance(a, AgencyAddress)
+    ]
+    assert root.find(f".//{{{NS}}}x") is None and root.find(".//x") is None
+    assert carried(decode_edxml(data)) == (orjson.loads(residual) if kept else {})
+
+
+@pytest.mark.parametrize("name", ['a=\\"1\\"><x/><y b', "{}a", "{urn:x}a b"])
+def test_a_forged_attribute_name_is_refused(name: str) -> None:
+    envelope = decode_edxml(fixture("edoc_nested_from.edxml"))
+    assert isinstance(envelope, DocumentEnvelope)
+    residual = _MH_RESIDUAL.format(f'"From":{{"@":{{"{name}":"c"}}}}')
+    forged = envelope.model_copy(
+        update={"body": envelope.body.model_copy(update={"extra": {CARRY_KEY: residual}})}
+    )
+    with pytest.raises(SchemaViolation, match="not an attribute name"):
+        encode_edxml(forged)
+
+
 def test_text_xml_cannot_carry_is_refused_on_writing() -> None:
     envelope = decode_edxml(fixture("edoc_nested_from.edxml"))
     assert isinstance(envelope, DocumentEnvelope)
@@ -546,13 +603,19 @@ def test_json_born_document_gets_its_message_id_as_document_id() -> None:
     fresh = envelope.model_copy(
         update={
             "header": envelope.header.model_copy(update={"id": message_id}),
-            "body": envelope.body.model_copy(update={"extra": {}}),
+            "body": envelope.body.model_copy(update={"extra": {}, "document_id": None}),
         }
     )
     assert document_id(fresh) == str(message_id)
     written = encode_edxml(fresh)
     assert f"<edXML:DocumentId>{message_id}</edXML:DocumentId>".encode() in written
-    assert decode_edxml(written).header.id == message_id
+    back = decode_edxml(written)
+    assert back.header.id == message_id
+    assert back == fresh  # no document_id: the DocumentId written was the gateway's own
+    # A peer that takes no extension reads the DocumentId as the document's.
+    plain = decode_edxml(encode_edxml(fresh, gateway_extension=False))
+    assert isinstance(plain, DocumentEnvelope)
+    assert (plain.header.id, plain.body.document_id) == (message_id, str(message_id))
 
 
 # -- the gateway's own extension ------------------------------------------------------------------
@@ -585,6 +648,29 @@ def test_fields_edxml_has_no_element_for_travel_in_the_gateway_extension() -> No
     assert decode_edxml(plain).header.to == [AgencyAddress(agency="000.00.00.H41")]
 
 
+@pytest.mark.parametrize(
+    "extension",
+    [
+        '{"body":{"attachments":5}}',
+        '{"body":{"attachments":[{"index":"first"}]}}',
+        '{"body":{"extra":["so_den"]}}',
+        '{"header":"routed"}',
+        "[1, 2]",
+        "not JSON",
+    ],
+)
+def test_a_broken_gateway_extension_is_refused_naming_it(extension: str) -> None:
+    # Any sender can write an lt:Envelope: a broken one is a clear error, never a crash.
+    data = fixture("edoc_nested_from.edxml").replace(
+        b"</MessageHeader>",
+        f'<lt:Envelope xmlns:lt="{EXT_NS}">{extension}</lt:Envelope></MessageHeader>'.encode(),
+    )
+    with pytest.raises(SchemaViolation) as info:
+        decode_edxml(data)
+    assert info.value.errors[0].pointer == MH + "/Envelope"
+    assert "gateway extension" in info.value.errors[0].detail
+
+
 def test_large_residual_is_split_into_values_the_model_accepts() -> None:
     root = etree.fromstring(sample("edoc_update.edxml"))
     mh = next(root.iter(f"{{{NS}}}MessageHeader"))
@@ -597,7 +683,7 @@ def test_large_residual_is_split_into_values_the_model_accepts() -> None:
     envelope = decode_edxml(data)
     assert isinstance(envelope, DocumentEnvelope)
     keys = sorted(k for k in envelope.body.extra if k.startswith(CARRY_KEY))
-    assert len(keys) > 3
+    assert len(keys) >= 3
     assert all(len(envelope.body.extra[k]) <= 4000 for k in keys)
     assert len(envelope.header.to) == 43
     assert decode_edxml(encode_edxml(envelope)) == envelope
@@ -607,7 +693,9 @@ def test_large_residual_is_split_into_values_the_model_accepts() -> None:
 @PROPERTY
 @given(envelopes())
 def test_any_envelope_round_trips(envelope: AnyEnvelope) -> None:
-    assert decode_edxml(encode_edxml(envelope)) == envelope
+    written = encode_edxml(envelope)
+    assert SCHEMA.validate(etree.fromstring(written)), [str(e) for e in SCHEMA.error_log]
+    assert decode_edxml(written) == envelope
 
 
 @st.composite
@@ -633,10 +721,16 @@ def native_documents(draw: st.DrawFn) -> DocumentEnvelope:
             for h, a in draw(st.lists(st.tuples(st.integers(0, 23), agency_codes()), max_size=3))
         ],
     )
-    return DocumentEnvelope(
+    key = body.document_id or draw(st.uuids()).hex
+    native = DocumentEnvelope(
         kind="document",
         header=header,
-        body=body.model_copy(update={"attachments": inline, "extra": {}}),
+        body=body.model_copy(update={"attachments": inline, "extra": {}, "document_id": key}),
+    )
+    # The message id a package of it gets: from its DocumentId, or for a recall, update or
+    # replace from its DocumentId, operation and content.
+    return native.model_copy(
+        update={"header": header.model_copy(update={"id": package_message_id(native)})}
     )
 
 
@@ -645,6 +739,7 @@ def native_documents(draw: st.DrawFn) -> DocumentEnvelope:
 def test_native_documents_round_trip_without_the_extension(envelope: DocumentEnvelope) -> None:
     written = encode_edxml(envelope)
     assert b"lt:Envelope" not in written
+    assert SCHEMA.validate(etree.fromstring(written)), [str(e) for e in SCHEMA.error_log]
     assert decode_edxml(written) == envelope
 
 
