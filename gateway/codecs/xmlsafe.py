@@ -241,15 +241,31 @@ def _compiled(query: str) -> etree.XPath:
     return found
 
 
+def _small_check(limits: XmlLimits) -> etree.XPath:
+    """The one-pass XPath of a small document's limits (depth and attribute length), compiled
+    once per thread and limits: the usual parse pays only its evaluation."""
+    cache: dict[XmlLimits, etree.XPath] | None = getattr(_local, "small", None)
+    if cache is None:
+        cache = {}
+        _local.small = cache
+    found = cache.get(limits)
+    if found is None:
+        deep = "/*" + "/*" * limits.max_depth
+        attr = f"//*/@*[string-length() > {int(limits.max_attribute_length)}]"
+        found = cache[limits] = etree.XPath(f"boolean({deep} | {attr})")
+    return found
+
+
 def check_limits(root: etree._Element, limits: XmlLimits, size: int | None = None) -> None:
     """Depth, element count, attribute length and text size of a parsed tree, with C-speed
     XPath; a check that ``size`` (the document's bytes) already rules out is skipped."""
-    deep = "/*" + "/*" * limits.max_depth
-    attr = f"//@*[string-length() > {int(limits.max_attribute_length)}]"
-    text = f"//text()[string-length() > {int(limits.max_text)}]"
     small = size is not None and size <= min(limits.max_elements * 4, limits.max_text)
-    if small and not _compiled(f"boolean({deep} | {attr})")(root):
+    if small and not _small_check(limits)(root):
         return  # one pass says there is nothing to find (the usual case, a few KB)
+    deep = "/*" + "/*" * limits.max_depth
+    # Attributes belong to elements: //*/@* visits fewer nodes than //@* (text nodes too).
+    attr = f"//*/@*[string-length() > {int(limits.max_attribute_length)}]"
+    text = f"//text()[string-length() > {int(limits.max_text)}]"
     found = _first(root, f"({deep})[1]") if _compiled(f"boolean({deep})")(root) else None
     if found is not None:
         raise _refuse(f"elements nested deeper than {limits.max_depth}", **_at(found))
