@@ -53,6 +53,7 @@ from gateway.store.store import Store  # noqa: E402
 from gateway.store.tables import (  # noqa: E402
     audit_events,
     credentials,
+    document_links,
     inbox,
     messages,
     outbox,
@@ -459,7 +460,7 @@ async def delete_rows(store: Store, ids: Sequence[str], cred_ids: Sequence[str])
     async with store.write() as conn:
         for offset in range(0, len(ids), 500):
             chunk = list(ids[offset: offset + 500])
-            for table in (audit_events, inbox, outbox, recipients):
+            for table in (audit_events, document_links, inbox, outbox, recipients):
                 await conn.execute(table.delete().where(table.c.message_id.in_(chunk)))
             await conn.execute(messages.delete().where(messages.c.id.in_(chunk)))
         for cred_id in cred_ids:
