@@ -2123,11 +2123,13 @@ def _writers(spec: Complex) -> _Writer:
                 lines += [f"            {line}" for line in body]
             else:
                 lines += [f"        {line.replace('item', 'value')}" for line in body]
+        known = frozenset(f"{{{NS}}}{name}" for name, *_ in spec.write)
         lines += [
             "    fragments = get('#')",
             "    if type(fragments) is list:",
             "        for fragment in fragments:",
-            f"            out.append({inner!r} + _fragment(str(fragment)) + '\\n')",
+            f"            out.append({inner!r} + _fragment(str(fragment), {known!r}, {path!r})"
+            " + '\\n')",
             "    if trusted is not None and trusted[0] is d:",
             f"        out.append({inner!r} + trusted[1] + '\\n')",
         ]
@@ -2142,18 +2144,28 @@ def _writers(spec: Complex) -> _Writer:
     return writer
 
 
-@functools.lru_cache(maxsize=256)
-def _fragment_cached(text: str) -> str:
-    return etree.tostring(xmlsafe.parse(text.encode("utf-8"), _FRAGMENT_LIMITS), encoding="unicode")
+def _parsed_fragment(text: str) -> tuple[str, str]:
+    root = xmlsafe.parse(text.encode("utf-8"), _FRAGMENT_LIMITS)
+    return str(root.tag), etree.tostring(root, encoding="unicode")
 
 
-def _fragment(text: str) -> str:
+_fragment_cached = functools.lru_cache(maxsize=256)(_parsed_fragment)
+
+
+def _fragment(text: str, known: frozenset[str], path: str) -> str:
     """An extension fragment of the residual, re-parsed with the hardened parser and written
-    by lxml: a residual cannot smuggle anything but one well-formed element. Small fragments
-    (the usual vendor element) are cached: the same text is the same output."""
-    if len(text) <= 4096:
-        return _fragment_cached(text)
-    return etree.tostring(xmlsafe.parse(text.encode("utf-8"), _FRAGMENT_LIMITS), encoding="unicode")
+    by lxml: a residual cannot smuggle anything but one well-formed element, and never one
+    that stands for an element the standard defines there (decoding maps those; a fragment of
+    that name could only be a forgery, e.g. a second To that a peer would read as real). Small
+    fragments (the usual vendor element) are cached: the same text is the same output."""
+    tag, written = _fragment_cached(text) if len(text) <= 4096 else _parsed_fragment(text)
+    if tag in known:
+        name = local_name(tag)
+        raise SchemaViolation(
+            f"an extension fragment may not be a {name} element: {name} is the standard's",
+            errors=[FieldError(f"{path.replace('_', '/')}/{name}", "not an extension")],
+        )
+    return written
 
 
 _write_package = _writers(PACKAGE)

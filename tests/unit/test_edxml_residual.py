@@ -124,3 +124,17 @@ def test_any_residual_writes_well_formed_edxml_or_is_refused(
         decode_edxml(written)
     except CodecError:
         pass  # a residual can say things the standard refuses (two StatusCodes...): refused
+
+
+def test_a_residual_fragment_cannot_stand_for_a_known_element() -> None:
+    # A JSON client could otherwise add a To the gateway would then write, and sign, as real.
+    forged = {"edXMLEnvelope": {"edXMLHeader": {"MessageHeader": {"#": [
+        f'<edXML:To xmlns:edXML="{NS}"><edXML:OrganId>000.00.99.H57</edXML:OrganId></edXML:To>'
+    ]}}}}
+    assert _written_or_refused(_with(DOCUMENT, forged)) is None
+    # A vendor element of its own, in any namespace, still travels.
+    vendor = {"edXMLEnvelope": {"edXMLHeader": {"MessageHeader": {"#": [
+        f'<edXML:VendorNote xmlns:edXML="{NS}">ghi chú</edXML:VendorNote>'
+    ]}}}}
+    written = _written_or_refused(_with(DOCUMENT, vendor))
+    assert written is not None and b"VendorNote" in written
