@@ -1,6 +1,6 @@
 """Digital signatures: verifying incoming edXML packages, signing what the gateway emits.
 
-The PKI is made here, at test time, with ``cryptography``: a root CA, an intermediate, agency
+The PKI is made at test time with ``cryptography`` (``tests/pki.py``): a root CA, an intermediate, agency
 signer certificates (valid, expired, not yet valid, from another CA) and the gateway's own.
 """
 
@@ -12,10 +12,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 from lxml import etree
 from signxml.verifier import XMLVerifier
 
@@ -44,6 +42,7 @@ from gateway.signatures import (
     sign_package,
     verify_package,
 )
+from tests.pki import Issued, make_ca, make_signer
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "tests" / "fixtures" / "edxml" / "samples"  # copied from shared/samples
@@ -61,59 +60,9 @@ POLICIES = [REQUIRE, IF_PRESENT, RECORD]
 R = SignatureReason
 
 
-# -- the PKI --------------------------------------------------------------------------------------
-def _name(cn: str, org: str = "Lienthong test PKI") -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
-            x509.NameAttribute(NameOID.COMMON_NAME, cn),
-        ]
-    )
-
-
-@dataclass(frozen=True)
-class Issued:
-    cert: x509.Certificate
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-
-    @property
-    def cert_pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    @property
-    def key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-
+# -- the PKI (tests/pki.py), at the fixed NOW of these tests ------------------------------------
 def _ca(cn: str, issuer: Issued | None = None) -> Issued:
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer.cert.subject if issuer else _name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - timedelta(days=3650))
-        .not_valid_after(NOW + timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    signing_key = issuer.key if issuer else key
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
-            critical=False,
-        )
-    return Issued(builder.sign(signing_key, hashes.SHA256()), key)
+    return make_ca(cn, issuer, now=NOW)
 
 
 def _signer(
@@ -124,27 +73,8 @@ def _signer(
     valid_to: datetime = NOW + timedelta(days=365),
     key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | None = None,
 ) -> Issued:
-    key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn, "Văn phòng Chính phủ"))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(valid_from)
-        .not_valid_after(valid_to)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(  # digitalSignature + nonRepudiation, as document-signing certificates
-            x509.KeyUsage(True, True, False, False, False, False, False, False, False),
-            critical=True,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
-    return Issued(cert, key)
+    return make_signer(cn, ca, valid_from=valid_from, valid_to=valid_to, key=key,
+                       org="Văn phòng Chính phủ")
 
 
 @dataclass(frozen=True)
