@@ -1,7 +1,8 @@
 """Digital signatures: verifying incoming edXML packages, signing what the gateway emits.
 
-The PKI is made at test time with ``cryptography`` (``tests/pki.py``): a root CA, an intermediate, agency
-signer certificates (valid, expired, not yet valid, from another CA) and the gateway's own.
+The PKI is made at test time with ``cryptography`` (``tests/pki.py``): a root CA, an
+intermediate, agency signer certificates (valid, expired, not yet valid, from another CA) and
+the gateway's own.
 """
 
 from __future__ import annotations
