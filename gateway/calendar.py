@@ -28,10 +28,12 @@ How a deadline is counted (our reading of the rules for hồ sơ thủ tục hà
     from a morning receipt ends when the morning session does. :meth:`add_working_days` gives
     the earliest instant at which N units have run since counting started;
     :meth:`working_days_between` measures the units run from the same start up to an instant:
-    one is the inverse of the other. Since the receipt day counts whole, a fraction smaller than
-    the part of that day run before the dossier arrived gives an instant before the receipt: that
-    time was used up on arrival. Whole days always end after the receipt (the cut-off lies within
-    office hours).
+    one is the inverse of the other. How long an agency held a dossier is measured by
+    :meth:`working_time` instead: the office time between two instants, with no receipt rule,
+    so that consecutive holders' stretches add up to the whole span. Since the receipt day
+    counts whole, a fraction smaller than the part of that day run before the dossier arrived
+    gives an instant before the receipt: that time was used up on arrival. Whole days always
+    end after the receipt (the cut-off lies within office hours).
 
 Everything here is pure except :func:`load_calendar`; instants are aware datetimes, returned in
 Vietnam time (+07:00). A naive datetime is refused: it would silently mean server time.
@@ -206,6 +208,29 @@ class WorkingCalendar:
                 total += 1
         if self.is_working_day(last):
             total += self._elapsed(local_end)
+        return float(total)
+
+    def working_time(self, start: datetime, end: datetime) -> float:
+        """The office time (in working days) that ran from ``start`` to ``end``, with no
+        receipt rule: how long an agency held a dossier. Unlike :meth:`working_days_between`
+        it adds up: the stretches of consecutive holders sum to the whole span. Zero when
+        ``end`` is not after ``start``."""
+        begin, finish = self._local(start), self._local(end)
+        if finish <= begin:
+            return 0.0
+        first, last = begin.date(), finish.date()
+        if first == last:
+            if not self.is_working_day(first):
+                return 0.0
+            return float(self._elapsed(finish) - self._elapsed(begin))
+        total = Fraction(0)
+        if self.is_working_day(first):
+            total += 1 - self._elapsed(begin)
+        for day in _dates(first + _DAY, last - _DAY):
+            if self.is_working_day(day):
+                total += 1
+        if self.is_working_day(last):
+            total += self._elapsed(finish)
         return float(total)
 
     # -- helpers ------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ class WorkingDays(Protocol):
 
     def working_days_between(self, start: datetime, end: datetime) -> float: ...
 
+    def working_time(self, start: datetime, end: datetime) -> float: ...
+
 
 class Phase(enum.StrEnum):
     IN_TRANSIT = "in_transit"  # handed over, waiting for the receiver to accept or return it

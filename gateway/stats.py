@@ -259,9 +259,10 @@ def completion(completed_at: datetime, appointment_at: datetime) -> str:
 
 
 def hold_days(calendar: WorkingDays, since: datetime, until: datetime) -> float:
-    """Working days of one hold; a hold that ends before it starts (a received date after the
-    first hand-over) is zero, not an error."""
-    return calendar.working_days_between(since, until) if until > since else 0.0
+    """Working days of one hold: the office time it lasted (no receipt rule, so consecutive
+    holds add up to the dossier's whole span); a hold that ends before it starts (a received
+    date after the first hand-over) is zero, not an error."""
+    return calendar.working_time(since, until)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from gateway.api.routes import int_param, json_response
 from gateway.dossiers import Hold, WorkingDays
 from gateway.envelope import AGENCY_CODE_RE, DOSSIER_CODE_RE
 from gateway.errors import FieldError, Forbidden, MalformedInput, SchemaViolation
-from gateway.stats import completion
+from gateway.stats import completion, hold_days
 from gateway.store.dossier_rows import DossierRow
 from gateway.store.store import utcnow
 
@@ -31,7 +31,7 @@ def timeliness(row: DossierRow, now: datetime) -> str:
 
 
 def _days(calendar: WorkingDays | None, start: datetime, end: datetime) -> float | None:
-    return None if calendar is None else round(calendar.working_days_between(start, end), 2)
+    return None if calendar is None else round(hold_days(calendar, start, end), 2)
 
 
 def hold_view(hold: Hold, calendar: WorkingDays | None, now: datetime) -> dict[str, Any]:

@@ -160,17 +160,20 @@ EXPECTED = {
     (D34, "2026-03"): figures(accepted=1, completed_early=1, steps_ended=1),
 }
 
-#: Mean working days per step (lịch ngày làm việc: 07:30-11:30, 13:30-17:00; a stretch that
-#: starts before the noon cut-off counts from that morning's opening).
+#: Mean working days per step: the office time of each stretch (lịch ngày làm việc:
+#: 07:30-11:30 and 13:30-17:00, each session half a day, so a morning hour is 0.125), with no
+#: receipt rule, so that consecutive stretches add up.
 EXPECTED_DAYS = {
-    # four 08:00-09:00 stretches (0.1875 each), the return Tue 10:00 -> Wed 09:00 (1.1875)
-    (C, "2026-03"): (4 * 0.1875 + 1.1875) / 5,
-    (C, "2026-04"): 2.0,  # Mon 30/3 08:00 -> Wed 1/4 06:00
-    # 4.0 (A), 1.3125 (B waiting, returned), 7.0 (B, done at 06:30), 2.1875 (E)
-    (D, "2026-03"): (4.0 + 1.3125 + 7.0 + 2.1875) / 4,
-    (P, "2026-04"): 11.3125,  # Wed 18/3 09:00 -> Thu 2/4 10:00
-    (MERGED_COMMUNE, "2026-03"): 0.1875,
-    (D34, "2026-03"): 3.4375,  # Tue 3/3 09:00 -> Fri 6/3 11:00
+    # four 08:00-09:00 stretches (0.125 each), the return Tue 10:00 -> Wed 09:00
+    # (0.1875 + 0.5 + 0.1875)
+    (C, "2026-03"): (4 * 0.125 + 0.875) / 5,
+    (C, "2026-04"): 1.9375,  # Mon 30/3 08:00 -> Wed 1/4 06:00 (0.9375 + 1)
+    # 3.8125 (A, Mon 09:00 -> Thu 17:00), 1.125 (B waiting, returned Tue 10:00),
+    # 6.8125 (B, done at 06:30 before opening), 2.0 (E, Mon 09:00 -> Wed 09:00)
+    (D, "2026-03"): (3.8125 + 1.125 + 6.8125 + 2.0) / 4,
+    (P, "2026-04"): 11.125,  # Wed 18/3 09:00 -> Thu 2/4 10:00 (0.8125 + 10 + 0.3125)
+    (MERGED_COMMUNE, "2026-03"): 0.125,
+    (D34, "2026-03"): 3.25,  # Tue 3/3 09:00 -> Fri 6/3 11:00 (0.8125 + 2 + 0.4375)
 }
 
 
@@ -186,7 +189,7 @@ async def test_small_history_by_hand(store: Store, calendar: WorkingCalendar) ->
     # The successor of the merged commune took nothing over from its past.
     assert SUCCESSOR not in {row["agency"] for row in report.rows()}
     rows = {(r["agency"], r["period"]): r for r in report.rows()}
-    assert rows[(D, "2026-03")]["avg_working_days_per_step"] == round(14.5 / 4, 2)
+    assert rows[(D, "2026-03")]["avg_working_days_per_step"] == round(13.75 / 4, 2)
     assert rows[(D, "2026-04")]["avg_working_days_per_step"] is None  # no step ended
     assert len(rows) == 5 * 3  # five agencies with figures, every month, zeros included
     # An agency's own view: only its rows, even with nothing to count.
@@ -257,7 +260,7 @@ async def test_verify_names_what_the_tampered_projection_changed(
     assert code == 0, err
     lines = exported.read_text(encoding="utf-8").splitlines()
     assert lines[1].startswith(f"{D},2026-03,2026-03-01T00:00:00+07:00,")
-    assert lines[1].endswith(",0,1,4,1,1,1,0,0,1,0,4,3.62") and len(lines) == 4
+    assert lines[1].endswith(",0,1,4,1,1,1,0,0,1,0,4,3.44") and len(lines) == 4
     async with store.write() as conn:
         # E's appointment moved a month on: the province's late result now looks early.
         await conn.execute(dossiers.update().where(dossiers.c.code == E_).values(

@@ -398,3 +398,28 @@ def test_never_due_on_a_day_off_or_outside_office_hours(start: datetime, n: floa
     assert time(7, 30) <= due.time() <= time(17)
     assert not time(11, 30) < due.time() < time(13, 30)
     assert abs(CAL.working_days_between(start, due) - n) < 1e-6
+
+
+def test_working_time_is_office_time_without_the_receipt_rule(cal: WorkingCalendar) -> None:
+    # A morning hour is 1/8 of a day (4 h make half a day); an afternoon hour 1/7.
+    assert cal.working_time(at("2026-03-09T08:00+07:00"), at("2026-03-09T09:00+07:00")) == 0.125
+    assert cal.working_time(at("2026-03-09T14:00+07:00"), at("2026-03-09T17:00+07:00")) == \
+        pytest.approx(3 / 7)
+    # Lunch, nights and the weekend do not run: Fri 16:00 -> Mon 08:00.
+    assert cal.working_time(at("2026-03-13T16:00+07:00"), at("2026-03-16T08:00+07:00")) == \
+        pytest.approx(1 / 7 + 0.0625)
+    # Over Tết 2026: only 13/02 and 23/02 are working days.
+    assert cal.working_time(at("2026-02-13T07:00+07:00"), at("2026-02-23T18:00+07:00")) == 2.0
+    # Nothing runs backwards or on a day off.
+    assert cal.working_time(at("2026-03-09T09:00+07:00"), at("2026-03-09T08:00+07:00")) == 0.0
+    assert cal.working_time(at("2026-03-14T08:00+07:00"), at("2026-03-14T16:00+07:00")) == 0.0
+
+
+@given(st.lists(st.integers(min_value=0, max_value=40 * 24 * 60), min_size=3, max_size=3))
+def test_working_time_adds_up(minutes: list[int]) -> None:
+    """Consecutive holders' stretches sum to the whole span: a dossier handed on at 09:00 and
+    09:01 is not counted twice from the morning's opening."""
+    a, b, c = (datetime(2026, 1, 1, tzinfo=VN_TZ) + timedelta(minutes=m) for m in sorted(minutes))
+    assert CAL.working_time(a, b) + CAL.working_time(b, c) == pytest.approx(
+        CAL.working_time(a, c), abs=1e-9)
+    assert 0 <= CAL.working_time(a, c) <= (c - a).total_seconds() / 86400 + 1
