@@ -110,14 +110,16 @@ async def emit_step(
     return Emitted(code, step.value, alert.value if alert else None, str(message_id))
 
 
-async def run_once(app: web.Application, now: datetime | None = None) -> list[Emitted]:
-    """One pass: transfers first (an alert then goes to the successor), then alerts."""
+async def run_once(app: web.Application, now: datetime | None = None, *, page: int = 1000
+                   ) -> list[Emitted]:
+    """One pass: transfers first (an alert then goes to the successor), then alerts, at most
+    ``page`` dossiers of each; what is left waits for the next pass."""
     now = now or utcnow()
     store: Store = app[STORE]
     directory = app[DIRECTORY]
     emitted: list[Emitted] = []
     dissolved = [a.code for a in directory.agencies.values() if a.successor is not None]
-    for code in await store.open_dossiers(responsible=dissolved):
+    for code in await store.open_dossiers(responsible=dissolved, limit=page):
         state = fold(code, await store.dossier_events(code))
         if state is None or state.responsible is None:
             continue
@@ -133,7 +135,7 @@ async def run_once(app: web.Application, now: datetime | None = None) -> list[Em
     calendar = app.get(CALENDAR)
     warning = app[SETTINGS].alert_warning_days
     horizon = calendar.add_working_days(now, warning) if calendar and warning else now
-    for code in await store.open_dossiers(due_before=horizon):
+    for code in await store.open_dossiers(due_before=horizon, to_alert_at=now, limit=page):
         state = fold(code, await store.dossier_events(code))
         if state is None or state.due_at is None or state.responsible is None:
             continue
@@ -153,7 +155,8 @@ async def run_once(app: web.Application, now: datetime | None = None) -> list[Em
 
 async def run(app: web.Application) -> None:
     """Run passes until cancelled, the first one interval after start (a restart storm does
-    not scan at once); a failed pass (store away) is logged and retried."""
+    not scan at once); a failed pass (store away, or a bug) is logged and retried: the
+    scheduler never dies quietly while the process goes on serving."""
     interval = app[SETTINGS].scheduler_interval
     while True:
         await asyncio.sleep(interval)
@@ -161,3 +164,5 @@ async def run(app: web.Application) -> None:
             await run_once(app)
         except GatewayError as exc:
             log.warning("scheduler.pass_failed", error=exc.detail)
+        except Exception:  # anything else is a bug: say so loudly, keep going
+            log.exception("scheduler.pass_crashed")

@@ -131,10 +131,10 @@ async def ops_dossiers(request: web.Request) -> web.Response:
     store = request.app[STORE]
     codes = await store.open_dossiers(
         due_before=now if state == "overdue" else horizon,
+        due_after=None if state == "overdue" else now,
         responsible=None if agency is None else [agency], limit=limit,
     )
-    rows = [r for r in await store.dossier_rows(codes)
-            if state == "overdue" or (r.due_at is not None and r.due_at > now)]
+    rows = await store.dossier_rows(codes)
     return json_response({"state": state, "as_of": now, "items": [
         {"code": r.code, "responsible": r.responsible, "receiving_agency": r.receiving_agency,
          "phase": r.phase, "due_at": r.due_at, "appointment_at": r.appointment_at,

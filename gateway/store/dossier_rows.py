@@ -65,6 +65,7 @@ async def write(conn: AsyncConnection, w: DossierWrite, now: datetime) -> None:
         "pending_message": s.pending.message_id if s.pending else None, "due_at": s.due_at,
         "completed_at": s.completed_at, "handovers": s.handovers, "returns": s.returns,
         "apologies": s.apologies, "seq": s.seq, "updated_at": now,
+        "alerted": alerted(s),
     }
     if w.event.seq == 1:
         await conn.execute(dossiers.insert().values(
@@ -78,6 +79,15 @@ async def write(conn: AsyncConnection, w: DossierWrite, now: datetime) -> None:
          "until": h.until, "due_at": h.due_at, "accepted": int(h.accepted)}
         for n, h in enumerate(s.holds)
     ])
+
+
+def alerted(s: DossierState) -> str | None:
+    """The highest alert level already raised for the running step (None: none, or no step
+    running)."""
+    if s.step_key is None:
+        return None
+    levels = {level for level, key in s.alerts if key == s.step_key}
+    return next((level for level in ("overdue", "due_soon") if level in levels), None)
 
 
 def event_of(r: sa.Row[tuple[object, ...]]) -> Event:

@@ -816,10 +816,15 @@ class Store:
             return await dossier_rows.events(conn, code)
 
     async def open_dossiers(self, *, responsible: Sequence[str] | None = None,
-                            due_before: datetime | None = None, limit: int = 1000
+                            due_before: datetime | None = None,
+                            due_after: datetime | None = None,
+                            to_alert_at: datetime | None = None, limit: int = 1000
                             ) -> list[str]:
         """Codes of dossiers not completed: those some of ``responsible`` must act on, or
-        those whose running step falls due before ``due_before`` (soonest first)."""
+        those whose running step falls due before ``due_before`` (and after ``due_after``),
+        soonest first. ``to_alert_at``: only those still owed an alert at that instant (none
+        raised for the running step yet, or only ``due_soon`` and now overdue), so that what
+        was alerted never crowds out what was not."""
         where = [dossiers.c.phase != "completed"]
         if responsible is not None:
             if not responsible:
@@ -827,6 +832,13 @@ class Store:
             where.append(dossiers.c.responsible.in_(list(responsible)))
         if due_before is not None:
             where.append(dossiers.c.due_at <= due_before)
+        if due_after is not None:
+            where.append(dossiers.c.due_at > due_after)
+        if to_alert_at is not None:
+            where.append(sa.or_(
+                dossiers.c.alerted.is_(None),
+                sa.and_(dossiers.c.alerted == "due_soon", dossiers.c.due_at <= to_alert_at),
+            ))
         async with self.read() as conn:
             rows = await conn.execute(
                 sa.select(dossiers.c.code).where(*where)

@@ -260,6 +260,9 @@ dossiers = Table(
     Column("apologies", Integer, nullable=False),
     Column("seq", Integer, nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # The alert level (due_soon, overdue) already raised for the running step, so that the
+    # scheduler's query skips what it has done instead of folding it again every pass.
+    Column("alerted", String(16), nullable=True),
     Index(None, "phase", "due_at"),
     Index(None, "receiving_agency"),
     Index(None, "responsible"),

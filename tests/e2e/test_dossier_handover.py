@@ -3,6 +3,7 @@ steps, illegal steps are refused and change nothing."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from tests.conftest import PHONG_DIEN, PROVINCE, Gateway, GatewayFactory
@@ -10,6 +11,9 @@ from tests.conftest import PHONG_DIEN, PROVINCE, Gateway, GatewayFactory
 COMMUNE = "000.21.35.H57"  # a commune of Phong Điền
 OTHER_COMMUNE = "000.22.35.H57"
 CODE = f"{COMMUNE}-261118-0042"
+# Relative to today, so that a dossier finished now is on time whenever the suite runs.
+APPOINTMENT = (datetime.now(UTC) + timedelta(days=60)).astimezone(
+    timezone(timedelta(hours=7))).strftime("%Y-%m-%dT17:00:00+07:00")
 
 
 def dossier(sender: str, to: str, *, code: str = CODE, step: int = 0) -> dict[str, Any]:
@@ -24,7 +28,7 @@ def dossier(sender: str, to: str, *, code: str = CODE, step: int = 0) -> dict[st
                           "phone": "0905123456"},
             "receiving_agency": code.split("-")[0],
             "received_at": "2026-11-18T08:30:00+07:00",
-            "appointment_at": "2026-12-09T17:00:00+07:00",
+            "appointment_at": APPOINTMENT,
             "route": [{"agency": PHONG_DIEN, "working_days": 10},
                       {"agency": PROVINCE, "working_days": 5}],
             "current_step": step,

@@ -63,6 +63,30 @@ async def test_due_soon_then_overdue_on_working_days(make_gateway: GatewayFactor
         "alert", "overdue", due.astimezone(UTC).isoformat()[:10])
 
 
+async def test_alerted_dossiers_do_not_crowd_out_the_others(
+    make_gateway: GatewayFactory,
+) -> None:
+    """More overdue dossiers than a pass reads: each pass reaches the ones not alerted yet (it
+    used to read the same soonest-due, already alerted page every time)."""
+    gateway = await make_gateway(broker=False)
+    codes = [f"{COMMUNE}-261118-00{n}" for n in (51, 52, 53)]
+    for code in codes:
+        handover = await ok(gateway, COMMUNE, dossier(COMMUNE, PHONG_DIEN, code=code))
+        await ok(gateway, PHONG_DIEN, step(PHONG_DIEN, COMMUNE, "accept", about=handover,
+                                           code=code))
+    dues = [(await gateway.store.dossier(c)).due_at for c in codes]
+    assert all(dues)
+    due = max(d for d in dues if d is not None)
+    late = due + timedelta(hours=1)
+    app = gateway.client.app
+    passes = [await run_once(app, now=late, page=2) for _ in range(3)]
+    assert [len(p) for p in passes] == [2, 1, 0]
+    assert sorted(e.code for p in passes for e in p) == codes
+    for code in codes:
+        alerts = [e.alert for e in await gateway.store.dossier_events(code) if e.alert]
+        assert alerts == ["overdue"], code
+
+
 async def test_two_schedulers_at_once_alert_once(make_gateway: GatewayFactory) -> None:
     one = await make_gateway(broker=False)
     two = await make_gateway(broker=False)  # another process on the same database

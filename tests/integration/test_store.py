@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.errors import Conflict
@@ -47,6 +48,44 @@ async def test_upgrade_chains_the_events_written_before_the_chain(db_url: str) -
     async with Store.open(db_url) as store:  # upgrades to head: 0002 backfills the chain
         await store.issue_credential(HUE)  # and new events follow on
         assert await store.verify_audit() == (3, None)
+
+
+async def test_upgrade_records_the_alerts_already_raised(db_url: str) -> None:
+    """0006 backfills which alert each open dossier's running step has had, from the raw
+    steps, so that the scheduler's new query does not alert those dossiers a second time."""
+    at = datetime(2026, 3, 2, 2, tzinfo=UTC)
+    code = "000.21.35.H57-260302-0001"
+    engine = create_async_engine(db_url)
+    try:
+        await migrate.upgrade(engine, "0005")
+        dossiers = sa.table("dossiers", *(sa.column(c) for c in (
+            "code", "receiving_agency", "procedure_code", "received_at", "appointment_at",
+            "phase", "holder", "responsible", "due_at", "handovers", "returns", "apologies",
+            "seq", "updated_at")))
+        events = sa.table("dossier_events", *(sa.column(c) for c in (
+            "dossier_code", "seq", "step", "actor", "to_agency", "at", "message_id", "about",
+            "alert")))
+        async with engine.begin() as conn:
+            await conn.execute(dossiers.insert().values(
+                code=code, receiving_agency="000.21.35.H57", procedure_code="1.0", received_at=at,
+                appointment_at=at, phase="held", holder=PROVINCE, responsible=PROVINCE, due_at=at,
+                handovers=2, returns=0, apologies=0, seq=5, updated_at=at))
+            await conn.execute(events.insert(), [
+                {"dossier_code": code, "seq": n, "step": step, "actor": "000.21.35.H57",
+                 "to_agency": None, "at": at, "message_id": f"m{n}", "about": about,
+                 "alert": alert}
+                for n, step, about, alert in (
+                    (1, "handover", None, None), (2, "alert", "m1", "overdue"),
+                    (3, "accept", "m1", None), (4, "handover", None, None),
+                    (5, "alert", "m4", "due_soon"))
+            ])
+    finally:
+        await engine.dispose()
+    async with Store.open(db_url) as store:
+        async with store.read() as conn:
+            alerted = (await conn.execute(sa.text(
+                "SELECT alerted FROM dossiers WHERE code = :code"), {"code": code})).scalar()
+        assert alerted == "due_soon"  # the running step's (m4), not the earlier step's
 
 
 async def test_only_the_token_hash_is_stored(store: Store) -> None:
