@@ -418,7 +418,10 @@ def _goal(directory: Directory, agency: str) -> str:
 
 
 async def _statistics(app: web.Application, now: datetime) -> tuple[Any, str]:
-    window = stats.window("month", (now - timedelta(days=31)).date(), now.date())
+    # Vietnam dates, up to and including today: on the 1st (or just after midnight in Hà Nội
+    # while UTC is still on the day before) the demo's own dossiers are in today's month.
+    today = stats.local_day(now)
+    window = stats.window("month", today - timedelta(days=31), today + timedelta(days=1))
     calendar = app[CALENDAR]
     report = await stats_rows.served(app[STORE], window, calendar, now)
     check = await stats_rows.verify(app[STORE], window, calendar, now)

@@ -24,7 +24,7 @@ from aiohttp import web
 from gateway.api.keys import BROKER, CALENDAR, DIRECTORY, RELAY, STORE
 from gateway.codecs import encode
 from gateway.directory import DeliveryMode
-from gateway.dossiers import Event, Step, WorkingDays, apply, fold
+from gateway.dossiers import DossierState, Event, Step, WorkingDays, apply, fold
 from gateway.envelope import (
     AnyEnvelope,
     DocumentEnvelope,
@@ -319,14 +319,15 @@ async def _dossier_step(
             )
         history = await store.dossier_events(code)
         state = fold(code, history)
+        state, preceding = _successor_takes_over(app, state, agency, now, message_id)
         event = Event(
-            seq=len(history) + 1, step=Step.HANDOVER, actor=agency, at=now,
+            seq=len(history) + len(preceding) + 1, step=Step.HANDOVER, actor=agency, at=now,
             message_id=message_id, to=recipients[0],
-            due_at=_step_due(app.get(CALENDAR), envelope, recipients[0], now),
+            due_at=_step_due(app, envelope, recipients[0], now),
             appointment_at=body.appointment_at, received_at=body.received_at,
         )
         new = apply(state, event, code)
-        return recipients, DossierWrite(event, new, body.procedure_code)
+        return recipients, DossierWrite(event, new, body.procedure_code, preceding)
     sbody = envelope.body
     code = sbody.dossier
     history = await store.dossier_events(code)
@@ -336,8 +337,12 @@ async def _dossier_step(
     if sbody.action in {DossierAction.ALERT, DossierAction.TRANSFER}:
         raise Forbidden(f"a {sbody.action.value} is the gateway's own step",
                         errors=[FieldError("/body/action", "not sent by agencies")])
+    taken, preceding = _successor_takes_over(app, state, agency, now, message_id)
+    assert taken is not None
+    state = taken
     event = Event(
-        seq=len(history) + 1, step=Step(sbody.action.value), actor=agency, at=now,
+        seq=len(history) + len(preceding) + 1, step=Step(sbody.action.value), actor=agency,
+        at=now,
         message_id=message_id, about=str(sbody.about) if sbody.about else None,
         appointment_at=sbody.appointment_at, reason=sbody.reason,
     )
@@ -358,17 +363,43 @@ async def _dossier_step(
             f"not to {', '.join(strangers)}",
             errors=[FieldError("/header/to", "not where this step goes")],
         )
-    return tuple(sorted(wanted)), DossierWrite(event, new, None)
+    return tuple(sorted(wanted)), DossierWrite(event, new, None, preceding)
+
+
+def _successor_takes_over(
+    app: web.Application, state: DossierState | None, agency: str, now: datetime,
+    message_id: str,
+) -> tuple[DossierState | None, tuple[Event, ...]]:
+    """A hand-over queued for an agency that was dissolved meanwhile reached its successor
+    (the delivery worker redirects it), but the dossier still names the old agency until the
+    scheduler's next pass. When the successor acts first, the transfer is recorded right
+    before its step, in the same transaction, so the successor is never refused and the
+    trace shows who took over from whom."""
+    if state is None or state.responsible is None or state.responsible == agency:
+        return state, ()
+    directory = app[DIRECTORY]
+    old = directory.agencies.get(state.responsible)
+    if old is None or old.successor is None or directory.current(old.code) != agency:
+        return state, ()
+    transfer = Event(seq=state.seq + 1, step=Step.TRANSFER, actor=old.code, at=now,
+                     message_id=message_id, to=agency, due_at=state.due_at,
+                     reason=f"{old.code} dissolved; {agency} is its successor")
+    return apply(state, transfer, state.code), (transfer,)
 
 
 def _step_due(
-    calendar: WorkingDays | None, envelope: DossierEnvelope, to: str, at: datetime
+    app: web.Application, envelope: DossierEnvelope, to: str, at: datetime
 ) -> datetime:
     """When the receiver's step falls due: its working days on the route when the route's
-    current step is the receiver's, else the dossier's appointment date (ngày hẹn trả)."""
+    current step is the receiver's (or a dissolved agency's whose successor the receiver is),
+    else the dossier's appointment date (ngày hẹn trả)."""
+    calendar: WorkingDays | None = app.get(CALENDAR)
     body = envelope.body
     if calendar is not None and body.route and body.current_step < len(body.route):
         step = body.route[body.current_step]
-        if step.agency == to:
+        directory = app[DIRECTORY]
+        named = (directory.current(step.agency) if step.agency in directory.agencies
+                 else step.agency)
+        if to in {step.agency, named}:
             return calendar.add_working_days(at, step.working_days)
     return body.appointment_at

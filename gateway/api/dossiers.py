@@ -97,8 +97,10 @@ async def get_dossier(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/dossiers/{code}/trace")
 async def get_dossier_trace(request: web.Request) -> web.Response:
-    """Every step of the dossier, oldest first, each with the message that carried it."""
+    """Every step of the dossier, oldest first, each with the message that carried it; and
+    who held it for how many working days, where it is now and whether it is on time."""
     row = await visible_dossier(request)
+    calendar, now = request.app.get(CALENDAR), utcnow()
     steps = [
         {k: v for k, v in {
             "seq": e.seq, "step": e.step.value, "actor": e.actor, "to": e.to, "at": e.at,
@@ -107,7 +109,11 @@ async def get_dossier_trace(request: web.Request) -> web.Response:
         }.items() if v is not None}
         for e in await request.app[STORE].dossier_events(row.code)
     ]
-    return json_response({"code": row.code, "steps": steps})
+    return json_response({
+        "code": row.code, "phase": row.phase, "responsible": row.responsible,
+        "timeliness": timeliness(row, now), "steps": steps,
+        "holds": [hold_view(h, calendar, now) for h in row.holds],
+    })
 
 
 @routes.get("/api/v1/ops/dossiers")

@@ -21,6 +21,9 @@ class DossierWrite:
     event: Event
     state: DossierState
     procedure_code: str | None  # the creating hand-over's; None: unchanged
+    # Steps the gateway records just before ``event``, in the same transaction: the transfer
+    # of a dissolved agency's dossier to the successor that is acting on it.
+    preceding: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +60,8 @@ def _event_row(event: Event, code: str) -> dict[str, object]:
 
 async def write(conn: AsyncConnection, w: DossierWrite, now: datetime) -> None:
     s = w.state
-    await conn.execute(dossier_events.insert().values(**_event_row(w.event, s.code)))
+    await conn.execute(dossier_events.insert(),
+                       [_event_row(e, s.code) for e in (*w.preceding, w.event)])
     values = {
         "receiving_agency": s.receiving_agency, "received_at": s.received_at,
         "appointment_at": s.appointment_at, "new_appointment_at": s.new_appointment_at,
@@ -67,7 +71,7 @@ async def write(conn: AsyncConnection, w: DossierWrite, now: datetime) -> None:
         "apologies": s.apologies, "seq": s.seq, "updated_at": now,
         "alerted": alerted(s),
     }
-    if w.event.seq == 1:
+    if w.event.seq == 1 and not w.preceding:
         await conn.execute(dossiers.insert().values(
             code=s.code, procedure_code=w.procedure_code or "", **values
         ))

@@ -446,6 +446,11 @@ class Store:
                 )]
                 if dossier is not None:
                     await dossier_rows.write(conn, dossier, now)
+                    events.extend(_Event(
+                        f"dossier_{e.step.value}", message_id, sender, sender,
+                        {"dossier": dossier.state.code, "seq": e.seq, "from": e.actor,
+                         "to": e.to},
+                    ) for e in dossier.preceding)
                     events.append(_Event(
                         f"dossier_{dossier.event.step.value}", message_id, sender, sender,
                         {"dossier": dossier.state.code, "seq": dossier.event.seq,

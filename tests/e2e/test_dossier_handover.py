@@ -6,6 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import pytest
+
+from gateway.api.keys import CALENDAR
 from tests.conftest import PHONG_DIEN, PROVINCE, Gateway, GatewayFactory
 
 COMMUNE = "000.21.35.H57"  # a commune of Phong Điền
@@ -86,6 +89,15 @@ async def test_handover_accept_result(gateway: Gateway) -> None:
                                             headers=await gateway.auth(COMMUNE))).json()
     assert [(s["seq"], s["step"], s["actor"]) for s in trace["steps"]] == [
         (1, "handover", COMMUNE), (2, "accept", PHONG_DIEN), (3, "result", PHONG_DIEN)]
+    # The trace says who held it for how long and where it is, as the dossier view does.
+    assert (trace["phase"], trace["responsible"], trace["timeliness"]) == (
+        "completed", done["responsible"], done["timeliness"])
+    assert trace["holds"] == done["holds"]
+    calendar = gateway.client.app[CALENDAR]
+    first, last = done["holds"][0], done["holds"][-1]
+    span = calendar.working_time(datetime.fromisoformat(first["since"]),
+                                 datetime.fromisoformat(last["until"]))
+    assert sum(h["working_days"] for h in done["holds"]) == pytest.approx(span, abs=0.02)
     # Completing twice is refused, and changes nothing.
     await refused(gateway, PHONG_DIEN, step(PHONG_DIEN, COMMUNE, "result"), 409, "/body/action")
 

@@ -137,3 +137,39 @@ async def test_queued_message_for_a_dissolved_agency_is_redirected(
     assert states == {DISSOLVED: ("redirected", None), COMMUNE: ("delivered", DISSOLVED)}
     events = [(e["event"], e["agency"]) for e in await after.store.events(message_id)]
     assert ("redirected", DISSOLVED) in events
+
+
+async def test_successor_accepts_a_handover_queued_for_a_dissolved_agency(
+    make_gateway: GatewayFactory, sample_directory: Directory
+) -> None:
+    """The hand-over was queued for the district; the district level is abolished before
+    delivery. The province (its successor) gets it and accepts it before any scheduler pass:
+    the transfer is recorded just before the accept, and the district's due time stays."""
+    before = await make_gateway(workers=False)
+    handover = await ok(before, COMMUNE, dossier(COMMUNE, PHONG_DIEN))
+    due = (await before.store.dossier(CODE)).due_at
+    after = await make_gateway(directory=dissolve(sample_directory, PHONG_DIEN, PROVINCE))
+    await after.wait_state(handover, PROVINCE, "delivered")
+    await ok(after, PROVINCE, step(PROVINCE, COMMUNE, "accept", about=handover))
+    row = await after.store.dossier(CODE)
+    assert (row.phase, row.holder, row.due_at) == ("held", PROVINCE, due)
+    steps = [(e.step.value, e.actor, e.to) for e in await after.store.dossier_events(CODE)]
+    assert steps == [("handover", COMMUNE, PHONG_DIEN), ("transfer", PHONG_DIEN, PROVINCE),
+                     ("accept", PROVINCE, None)]
+    trace = await (await after.client.get(f"/api/v1/dossiers/{CODE}/trace",
+                                          headers=await after.auth(COMMUNE))).json()
+    assert [s["step"] for s in trace["steps"]] == ["handover", "transfer", "accept"]
+
+
+async def test_route_step_of_a_dissolved_agency_keeps_its_working_days(
+    make_gateway: GatewayFactory, sample_directory: Directory
+) -> None:
+    """The route still names the district; the hand-over goes to the province that took
+    over, and its step is the district's 10 working days, not the appointment date."""
+    gateway = await make_gateway(broker=False,
+                                 directory=dissolve(sample_directory, PHONG_DIEN, PROVINCE))
+    await ok(gateway, COMMUNE, dossier(COMMUNE, PHONG_DIEN))
+    handover = (await gateway.store.dossier_events(CODE))[0]
+    assert handover.to == PROVINCE
+    calendar = gateway.client.app[CALENDAR]
+    assert handover.due_at == calendar.add_working_days(handover.at, 10)
