@@ -216,6 +216,11 @@ async def _status_effect(
                 errors=[FieldError("/header/to", "not a recipient of the message")],
             )
         return None
+    if code in ANSWERS and agency not in addressees:
+        # An answer may name the document by its first version (edXML's ResponseFor/DocumentId
+        # does): an agency that an update added received a version of it too.
+        for sender, key in (await app[STORE].document_keys(about))[:1]:
+            addressees |= await app[STORE].document_recipients(sender, key)
     if agency not in addressees:
         raise Forbidden(
             f"agency {agency} was not a recipient of message {about}",

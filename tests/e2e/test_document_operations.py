@@ -13,6 +13,8 @@ from gateway.codecs.edxml import message_id_for
 from tests.conftest import HUE, PHONG_DIEN, PROVINCE, Gateway, GatewayFactory, document
 
 DISTRICT_B = "000.00.32.H57"
+DISTRICT_C = "000.00.33.H57"
+DISTRICT_D = "000.00.34.H57"
 
 
 def status(sender: str, to: str, about: str, code: str, comment: str | None = None
@@ -189,6 +191,136 @@ async def test_versions_are_linked(make_gateway: GatewayFactory) -> None:
     unknown = document(PROVINCE, [{"agency": HUE}])
     unknown["body"].update({"operation": "replace", "replaces": ["no such document"]})
     await refused(gateway, PROVINCE, unknown, 422, "/body/replaces/0")
+
+
+async def test_update_collects_answers_per_recipient(gateway: Gateway) -> None:
+    key = "000.00.00.H57,2026/11/20,15/CT-UBND"
+    first = document(PROVINCE, [{"agency": a} for a in (HUE, PHONG_DIEN, DISTRICT_B)])
+    first["body"]["document_id"] = key
+    original = await accepted(gateway, PROVINCE, first)
+    # The update names one recipient and adds another; it goes to all of them.
+    update = await accepted(gateway, PROVINCE, operation(
+        PROVINCE, [HUE, DISTRICT_C], "update", key, operation_reason="Sửa thời hạn báo cáo"
+    ))
+    sent = await view(gateway, PROVINCE, update)
+    assert sent["operation"] == "update"
+    assert [r["agency"] for r in sent["recipients"]] == sorted(
+        [HUE, PHONG_DIEN, DISTRICT_B, DISTRICT_C])
+    for agency in (HUE, PHONG_DIEN, DISTRICT_B, DISTRICT_C):
+        await gateway.wait_state(update, agency, "delivered")
+    # Huế agrees, naming the update; Phong Điền refuses, naming the document as edXML does,
+    # first without a reason (refused: nothing recorded), then with one.
+    await accepted(gateway, HUE, status(HUE, PROVINCE, update, "15"))
+    # (The schema checks the reason on the whole status body, so the pointer is /body; the
+    # problem names the missing comment.)
+    problem = await refused(gateway, PHONG_DIEN, status(PHONG_DIEN, PROVINCE, original, "16"),
+                            422, "/body")
+    assert "16 needs a comment giving the reason" in problem["errors"][0]["detail"], problem
+    assert "answer" not in recipient(await view(gateway, PROVINCE, update), PHONG_DIEN)
+    await accepted(gateway, PHONG_DIEN, status(PHONG_DIEN, PROVINCE, original, "16",
+                                               comment="Đã triển khai theo bản cũ"))
+    # The agency the update added answers too, naming the document it received a version of.
+    await accepted(gateway, DISTRICT_C, status(DISTRICT_C, PROVINCE, original, "15"))
+    # (It did not receive the first version: no processing status about it; an agency that
+    # received no version at all cannot answer.)
+    await refused(gateway, DISTRICT_C, status(DISTRICT_C, PROVINCE, original, "03"), 403,
+                  "/body/about")
+    await refused(gateway, DISTRICT_D, status(DISTRICT_D, PROVINCE, original, "15"), 403,
+                  "/body/about")
+    # Quận B does not answer.
+    outcome = await view(gateway, PROVINCE, update)
+    hue, phong_dien = recipient(outcome, HUE), recipient(outcome, PHONG_DIEN)
+    assert hue["answer"] == {"code": "15", "at": hue["answer"]["at"], "comment": None}
+    assert phong_dien["answer"] == {"code": "16", "at": phong_dien["answer"]["at"],
+                                    "comment": "Đã triển khai theo bản cũ"}
+    assert recipient(outcome, DISTRICT_C)["answer"]["code"] == "15"
+    pending = recipient(outcome, DISTRICT_B)
+    assert "answer" not in pending and pending["state"] == "delivered"
+    # The answers belong to the update, not to the document's first version.
+    assert all("answer" not in r for r in (await view(gateway, PROVINCE, original))["recipients"])
+    # A repeated answer and a late contradictory one change nothing: 202, not applied (naming
+    # the update), or 422 (naming the document: nothing of it waits for an answer).
+    await accepted(gateway, HUE, status(HUE, PROVINCE, update, "15"))
+    await accepted(gateway, HUE, status(HUE, PROVINCE, update, "16", comment="đổi ý"))
+    await accepted(gateway, PHONG_DIEN, status(PHONG_DIEN, PROVINCE, update, "15"))
+    await refused(gateway, PHONG_DIEN, status(PHONG_DIEN, PROVINCE, original, "15"), 422,
+                  "/body/code")
+    await refused(gateway, DISTRICT_C, status(DISTRICT_C, PROVINCE, original, "16",
+                                              comment="đổi ý"), 422, "/body/code")
+    # Processing statuses about the update only move forwards too.
+    await accepted(gateway, HUE, status(HUE, PROVINCE, update, "03"))
+    await accepted(gateway, HUE, status(HUE, PROVINCE, update, "01"))
+    later = await view(gateway, PROVINCE, update)
+    assert recipient(later, HUE)["answer"] == hue["answer"]
+    assert recipient(later, PHONG_DIEN)["answer"] == phong_dien["answer"]
+    assert recipient(later, DISTRICT_C)["answer"] == recipient(outcome, DISTRICT_C)["answer"]
+    assert "answer" not in recipient(later, DISTRICT_B)
+    assert recipient(later, HUE)["status"]["code"] == "03"
+    answers = [(e["event"], e["agency"], e["detail"]["code"], e["detail"]["applied"])
+               for e in await gateway.store.events(update)
+               if e["event"] in {"status_received", "change_answered"}]
+    assert answers == [
+        ("status_received", HUE, "15", True),
+        ("change_answered", PHONG_DIEN, "16", True),
+        ("change_answered", DISTRICT_C, "15", True),
+        ("status_received", HUE, "15", False),
+        ("status_received", HUE, "16", False),
+        ("status_received", PHONG_DIEN, "15", False),
+        ("status_received", HUE, "03", True),
+        ("status_received", HUE, "01", False),
+    ]
+    # A recipient sees only its own answer.
+    assert [r["agency"] for r in (await view(gateway, PHONG_DIEN, update))["recipients"]] == [
+        PHONG_DIEN]
+    # The versions are linked both ways: the document's first version lists the update, the
+    # update names the document and lists the first version.
+    expected = [(original, "new", "self"), (update, "update", "self")]
+    for message_id in (original, update):
+        linked = (await view(gateway, PROVINCE, message_id))["document"]
+        assert linked["document_id"] == key
+        assert [(v["id"], v["operation"], v["relation"]) for v in linked["versions"]] == expected
+    assert [v["id"] for v in (await view(gateway, HUE, original))["document"]["versions"]] == [
+        original, update]
+    # The agency the update added sees the update only.
+    assert [v["id"] for v in (await view(gateway, DISTRICT_C, update))["document"]["versions"]
+            ] == [update]
+
+
+async def test_replacement_links_to_what_it_replaces(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(broker=False)
+    old_key = "000.00.00.H57,2026/11/20,15/CT-UBND"
+    new_key = "000.00.00.H57,2026/11/24,16/CT-UBND"
+    first = document(PROVINCE, [{"agency": HUE}, {"agency": PHONG_DIEN}])
+    first["body"]["document_id"] = old_key
+    original = await accepted(gateway, PROVINCE, first)
+    replacement = document(PROVINCE, [{"agency": HUE}])
+    replacement["body"].update({"operation": "replace", "document_id": new_key,
+                                "replaces": [old_key], "operation_reason": "Sai thẩm quyền"})
+    replacing = await accepted(gateway, PROVINCE, replacement)
+    # The replacement is a document of its own, and says what it replaces.
+    own = await view(gateway, PROVINCE, replacing)
+    assert own["operation"] == "replace"
+    assert own["envelope"]["body"]["replaces"] == [old_key]
+    assert [r["agency"] for r in own["recipients"]] == [HUE]  # a replace goes where it says
+    assert own["document"]["document_id"] == new_key
+    assert [(v["id"], v["relation"]) for v in own["document"]["versions"]] == [
+        (replacing, "self")]
+    # The replaced document lists it; for its recipients only where it was sent to them.
+    replaced = (await view(gateway, PROVINCE, original))["document"]
+    assert replaced["document_id"] == old_key
+    assert [(v["id"], v["operation"], v["relation"]) for v in replaced["versions"]] == [
+        (original, "new", "self"), (replacing, "replace", "replaces")]
+    assert [v["id"] for v in (await view(gateway, HUE, original))["document"]["versions"]] == [
+        original, replacing]
+    assert [v["id"] for v in (await view(gateway, PHONG_DIEN, original))["document"]["versions"]
+            ] == [original]
+    # An update of the replacement goes to its recipients, not to the replaced one's.
+    update = await accepted(gateway, PROVINCE, operation(PROVINCE, [HUE], "update", new_key))
+    assert [r["agency"] for r in (await view(gateway, PROVINCE, update))["recipients"]] == [HUE]
+    # Recalling the replaced document still reaches its own recipients.
+    recall = await accepted(gateway, PROVINCE, operation(PROVINCE, [HUE], "recall", old_key))
+    assert [r["agency"] for r in (await view(gateway, PROVINCE, recall))["recipients"]] == sorted(
+        [HUE, PHONG_DIEN])
 
 
 async def test_same_message_id_sent_twice_at_once_is_one_message(
