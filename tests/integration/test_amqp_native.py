@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -43,9 +44,10 @@ from gateway.envelope import stamp
 from gateway.errors import RetryLater, UnprocessableRequest
 from gateway.settings import DEFAULT_DIRECTORY, Settings
 from gateway.store.store import DeadLetterFilter
-from tests.conftest import HUE, PHONG_DIEN, PROVINCE, Gateway, document
+from tests.conftest import HUE, PHONG_DIEN, PROVINCE, Gateway, GatewayFactory, document
 
 AMQP_AGENCY = "000.00.04.H57"  # Sở Kế hoạch và Đầu tư: delivery {mode: amqp} in the sample
+OTHER_AMQP_AGENCY = "000.00.05.H57"  # Sở Tài chính: pull in the sample, AMQP in one test
 
 
 @asynccontextmanager
@@ -347,10 +349,13 @@ async def test_the_transport_confirms_translates_and_retries_when_the_queue_refu
 
 
 # -- the command line (real processes, as an operator runs it) --------------------------------
-async def _lienthong(*args: str, namespace: str, amqp_url: str) -> tuple[int, list[str], list[str]]:
+async def _lienthong(*args: str, namespace: str, amqp_url: str, directory: Path | None = None
+                    ) -> tuple[int, list[str], list[str]]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LIENTHONG_")}
     environ |= {"LIENTHONG_AMQP_URL": amqp_url, "LIENTHONG_NAMESPACE": namespace,
                 "LIENTHONG_LOG_LEVEL": "warning"}
+    if directory is not None:
+        environ["LIENTHONG_DIRECTORY"] = str(directory)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.cli", "amqp", *args, env=environ,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -404,3 +409,135 @@ async def test_the_cli_grants_lists_and_revokes(amqp_url: str) -> None:
     assert (code, out, err) == (
         1, [], [f"lienthong: {AMQP_AGENCY} has no AMQP user ({user}) to revoke"]
     )
+
+
+# -- two AMQP agencies: one's user cannot touch the other's queue -----------------------------
+def _two_amqp_agencies(tmp_path: Path) -> Path:
+    """The sample directory with Sở Tài chính AMQP-mode too, as an operator would edit it."""
+    text = DEFAULT_DIRECTORY.read_text(encoding="utf-8")
+    entry = (f'  - code: "{OTHER_AMQP_AGENCY}"\n    name: "Sở Tài chính tỉnh Thừa Thiên Huế"\n'
+             '    level: province\n    parent: "000.00.00.H57"\n')
+    assert text.count(entry) == 1
+    path = tmp_path / "directory.yaml"
+    path.write_text(text.replace(entry, entry + "    delivery: {mode: amqp}\n"), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+async def two_amqp(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Path, Directory]]:
+    """A directory file with two AMQP agencies; afterwards both users are deleted and the
+    second agency's queue too (the settings fixture removes the sample's)."""
+    path = _two_amqp_agencies(tmp_path)
+    directory = load_directory(path, allow_insecure_push=True)
+    assert {c for c, a in directory.agencies.items() if a.mode is DeliveryMode.AMQP} == {
+        AMQP_AGENCY, OTHER_AMQP_AGENCY}
+    topology = topo.build(settings, directory)
+    yield path, directory
+    accounts = AmqpAccounts(RabbitmqCtl(), topology, vhost=vhost_of(settings.amqp_url))
+    for code in (AMQP_AGENCY, OTHER_AMQP_AGENCY):
+        await accounts.revoke(code)
+    await delete_topology(settings.amqp_url, topology)
+
+
+async def _purge(channel: AbstractChannel, queue: str) -> None:
+    await (await channel.get_queue(queue, ensure=False)).purge()
+
+
+async def _passive(channel: AbstractChannel, queue: str) -> int:
+    declared = await channel.declare_queue(queue, passive=True)
+    return int(declared.declaration_result.message_count or 0)
+
+
+async def test_an_amqp_agency_cannot_touch_another_amqp_agencys_queue(
+    two_amqp: tuple[Path, Directory], make_gateway: GatewayFactory, settings: Settings,
+) -> None:
+    path, directory = two_amqp
+    gateway = await make_gateway(directory=directory)
+    ns, amqp_url = settings.namespace, settings.amqp_url
+    topology = topo.build(settings, directory)
+    own, others = topology.agency_queue(AMQP_AGENCY), topology.agency_queue(OTHER_AMQP_AGENCY)
+
+    async def run(*args: str) -> tuple[int, list[str], list[str]]:
+        return await _lienthong(*args, namespace=ns, amqp_url=amqp_url, directory=path)
+
+    # The operator grants both agencies their own users.
+    urls = {}
+    for code in (AMQP_AGENCY, OTHER_AMQP_AGENCY):
+        rc, out, err = await run("grant", code)
+        assert rc == 0, err
+        assert out[1] == topology.agency_queue(code)
+        urls[code] = out[0]
+    assert urls[AMQP_AGENCY].startswith(f"amqp://{ns}.{AMQP_AGENCY}:")
+    assert urls[OTHER_AMQP_AGENCY].startswith(f"amqp://{ns}.{OTHER_AMQP_AGENCY}:")
+
+    # One message for each, through the gateway.
+    sent = {}
+    for code in (AMQP_AGENCY, OTHER_AMQP_AGENCY):
+        response = await gateway.send(PROVINCE, document(PROVINCE, [{"agency": code}],
+                                                         f"Gửi riêng {code}"))
+        assert response.status == 202, await response.text()
+        sent[code] = str((await response.json())["id"])
+        await gateway.wait_state(sent[code], code, "delivered")
+    rc, out, err = await run("ls")
+    assert rc == 0, err
+    rows = {line.split()[0]: line.split() for line in out[1:]}
+    for code in (AMQP_AGENCY, OTHER_AMQP_AGENCY):
+        assert rows[code][:4] == [code, "granted", "1", "0"], out  # one waiting, no consumer
+
+    a = await aio_pika.connect(urls[AMQP_AGENCY])
+    b: AbstractConnection | None = None
+    try:
+        # As A's user, B's queue is refused: reading, purging, deleting, declaring it (with
+        # its own arguments, as a client that declares on start would), binding it, and
+        # publishing to it by either exchange.
+        for attempt in (_consume, _get, _purge, _delete):
+            reason = await _refused(a, attempt, others)
+            assert f"queue '{others}'" in reason, reason
+        others_args = next(q.args for q in topology.queues if q.name == others)
+        reason = await _refused(a, _declare, others, others_args)
+        assert f"queue '{others}'" in reason, reason
+        await _refused(a, _bind, others, topology.agency_exchange, AMQP_AGENCY)
+        await _refused(a, _bind, own, topology.agency_exchange, OTHER_AMQP_AGENCY)
+        for exchange, key in (("", others), (topology.agency_exchange, OTHER_AMQP_AGENCY)):
+            reason = await _refused(a, _publish, exchange, key)
+            assert f"exchange '{exchange or 'amq.default'}'" in reason, reason
+        # A passive declare needs no permission on RabbitMQ (docs/amqp-agencies.md, Limits):
+        # A may learn that B's queue exists and how many messages wait in it, nothing more.
+        assert await _passive(await a.channel(), others) == 1
+
+        # A still reads its own message, and only its own.
+        channel = await a.channel()
+        queue = await channel.declare_queue(own, passive=True)
+        mine = await _next(queue)
+        assert mine.message_id == sent[AMQP_AGENCY]
+        assert (mine.headers or {})[H_RECIPIENT] == AMQP_AGENCY
+        await mine.ack()
+        assert await queue.get(no_ack=False, fail=False) is None
+
+        # B's message is untouched by all of that: B consumes it, and B cannot read A's queue.
+        b = await aio_pika.connect(urls[OTHER_AMQP_AGENCY])
+        await _refused(b, _consume, own)
+        theirs_queue = await (await b.channel()).declare_queue(others, passive=True)
+        theirs = await _next(theirs_queue)
+        assert theirs.message_id == sent[OTHER_AMQP_AGENCY]
+        assert (theirs.headers or {})[H_RECIPIENT] == OTHER_AMQP_AGENCY
+        assert decode(theirs.body).body.subject == f"Gửi riêng {OTHER_AMQP_AGENCY}"  # type: ignore[union-attr]
+        await theirs.ack()
+
+        # Revoked, A's user is gone: its session ends and it can no longer connect; B's stays.
+        closed = _closed(a)
+        rc, out, err = await run("revoke", AMQP_AGENCY)
+        assert (rc, out) == (0, [f"deleted AMQP user {ns}.{AMQP_AGENCY}; its connections "
+                                 "were closed"]), err
+        await asyncio.wait_for(closed.wait(), 10)
+        with pytest.raises(aiormq.exceptions.ProbableAuthenticationError):
+            await aio_pika.connect(urls[AMQP_AGENCY])
+        assert await _passive(await b.channel(), others) == 0
+        rc, out, err = await run("ls")
+        rows = {line.split()[0]: line.split() for line in out[1:]}
+        assert rows[AMQP_AGENCY][1] == "no" and rows[OTHER_AMQP_AGENCY][1] == "granted", out
+    finally:
+        for connection in (a, b):
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.close()
