@@ -29,7 +29,10 @@ explained in ``docs/central-hub.md``. Three parts:
     document is marked ``done``. A package the gateway refuses for good (not XML, schema,
     unknown recipient, a sender the hub cannot speak for...) is marked ``fail`` with the
     RFC 7807 problem, and logged; a transient failure (store or broker away, hub away) leaves
-    it listed for the next poll. Admission is idempotent by the package's bytes (the
+    it listed for the next poll. A status names the document it answers by the DocumentId that
+    document travelled with (``ResponseFor/DocumentId``); when the sender chose that id itself,
+    it is matched to the document our agency sent under it. Admission is idempotent by the
+    package's bytes (the
     idempotency key is ``hub:`` + their SHA-256) and by its message id, so a package fetched
     again (a lost ``done``, or several gateway processes polling at once) is one message.
 """
@@ -41,6 +44,7 @@ import contextlib
 import hashlib
 import hmac
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +56,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.api.keys import DIRECTORY, SETTINGS, STORE
-from gateway.codecs import decode, decode_edxml, encode_edxml
+from gateway.codecs import decode, decode_edxml, encode_edxml, xmlsafe
 from gateway.codecs.edxml import CARRY_KEY, carried, document_id
 from gateway.delivery import Delivery, Transport, parse_retry_after
 from gateway.directory import Agency, DeliveryMode
@@ -89,6 +93,8 @@ TO_HEADER = "X-Lienthong-To"
 MESSAGE_TYPE_HEADER = "messageType"
 
 SENDER_AT = "/edXML/edXMLEnvelope/edXMLHeader/MessageHeader/From/OrganId"
+_RESPONSE_FOR_ID = ("//*[local-name()='MessageHeader']/*[local-name()='ResponseFor']"
+                    "/*[local-name()='DocumentId']/text()")
 TO_AT = "/edXML/edXMLEnvelope/edXMLHeader/MessageHeader/To"
 _RETRYABLE_STATUS = {408, 425, 429}
 _REASON_LIMIT = 2000
@@ -509,12 +515,42 @@ class HubPoller:
                 f"the hub cannot speak for {sender}: it {why}",
                 errors=[FieldError(SENDER_AT, "not an agency behind the central hub")],
             )
-        ours = self._for_us(envelope, doc.to)
+        ours = self._for_us(await self._matched(envelope, package), doc.to)
         return await admit(
             self.app, agency=sender, body=package, decoder=lambda _data: ours,
             sender_at=SENDER_AT, idempotency_key="hub:" + hashlib.sha256(package).hexdigest(),
             check=self.check, via="hub",
         )
+
+    async def _matched(self, envelope: AnyEnvelope, package: bytes) -> AnyEnvelope:
+        """A status names the document it answers by the DocumentId the document travelled
+        with (``ResponseFor/DocumentId``); the codec maps that to the message id derived from
+        it. A document whose sender chose its DocumentId has another message id, so when no
+        message has the derived one, the status is about the newest version of the document
+        its addressee (our agency, ``ResponseFor/OrganId``) sent under that DocumentId to the
+        status's sender. Unmatched, it stays as it is and the ingress refuses it."""
+        if not isinstance(envelope, StatusEnvelope) or not envelope.header.to:
+            return envelope
+        store = self.app[STORE]
+        try:
+            await store.message(str(envelope.body.about))
+            return envelope
+        except NotFound:
+            pass
+        found = xmlsafe.parse(package).xpath(_RESPONSE_FOR_ID)
+        key = str(found[0]).strip() if isinstance(found, list) and found else ""
+        addressee = envelope.header.to[0]
+        if not key or not isinstance(addressee, AgencyAddress):
+            return envelope
+        versions = await store.versions(addressee.agency, key)
+        for version in reversed(versions):  # newest first
+            if version.relation != "self":
+                continue
+            row = await store.message(version.message_id)
+            if envelope.header.sender in {r.agency for r in row.recipients}:
+                body = envelope.body.model_copy(update={"about": uuid.UUID(row.id)})
+                return envelope.model_copy(update={"body": body})
+        return envelope
 
     def _for_us(self, envelope: AnyEnvelope, hub_to: str) -> AnyEnvelope:
         """The envelope addressed to the agencies of its ``To`` that this gateway serves (other

@@ -75,9 +75,25 @@ status (nothing takes effect), ``"reset"`` (the connection is dropped, nothing t
 ``"slow"`` (the request takes effect, the answer comes after ``slow_seconds``, too late for a
 client with a shorter timeout). Then the hub answers normally.
 
+The same over HTTP, for a hub running as its own process. These two routes are a test-only
+control, not part of the hub's protocol: they are signed like every request, and only by a
+system named a controller (``control``, ``--control SYSTEM``); any other system gets ``403``,
+an unsigned request ``401``. Scripted answers never apply to them, so a hub told to fail
+everything can still be told to stop.
+
+``POST /_peer/fail`` (JSON ``{"answer": 503|"reset"|"slow", "count": 1, "endpoint": null}``)
+    Queue ``count`` answers (1..1000), for requests to ``endpoint`` (a protocol path) only,
+    or to any; ``{"clear": true}`` drops the queued ones instead. Answer: the state, below.
+
+``GET /_peer/state``
+    ``{"script": [{"answer", "endpoint"}], "docs": {"pending", "done", "fail"}, "repeats",
+    "calls": {path: count}}``: what is queued and what happened (never a secret).
+
 Run it: ``python -m deploy.peers.central_hub --port 8090 --system lienthong-h57=SECRET
 --system vpcp=SECRET2 --agency 000.00.00.G22=vpcp --serve-directory
-deploy/directory.yaml=lienthong-h57`` (``--help`` for the rest).
+deploy/directory.yaml=lienthong-h57`` (``--help`` for the rest); ``--fail 503x3@/sendEdoc``
+starts it failing (an answer, ``xN`` times, ``@`` an endpoint; repeat the option), and
+``--control SYSTEM`` lets that system use the control routes.
 """
 
 from __future__ import annotations
@@ -115,9 +131,25 @@ WINDOW_SECONDS = 300.0
 MAX_PACKAGE_BYTES = 32 * 1024 * 1024
 
 PENDING, DONE, FAIL = "pending", "done", "fail"
+CONTROL_PREFIX = "/_peer/"  # the test-only control routes (see the module docstring)
+PROTOCOL_PATHS = ("/sendEdoc", "/getReceivedEdocList", "/getEdoc", "/updateStatus",
+                  "/getEdocStatus", "/getAgenciesList")
+MAX_SCRIPTED = 1000
 SYSTEM = web.RequestKey("system", str)  # the authenticated calling system
 
 Answer = int | str  # a scripted answer: an HTTP status, "reset" or "slow"
+
+
+def parse_answer(value: object) -> Answer:
+    """A scripted answer: an HTTP error status (400..599), ``reset`` or ``slow``; else
+    :class:`ValueError` saying what is allowed."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
+        return value
+    if value in ("reset", "slow"):
+        return str(value)
+    raise ValueError(f"{value!r} is not an answer: an HTTP status 400..599, reset or slow")
 
 
 class HubRefusal(Exception):
@@ -263,6 +295,7 @@ class CentralHub:
     repeats: int = 0  # /sendEdoc calls that stored nothing new (idempotent repeats)
     seen: list[Seen] = field(default_factory=list)
     script: deque[tuple[str | None, Answer]] = field(default_factory=deque)
+    control: set[str] = field(default_factory=set)  # systems allowed to use /_peer/*
     _keys: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
     # -- configuration --------------------------------------------------------------------
@@ -286,6 +319,19 @@ class CentralHub:
     def fail_next(self, *answers: Answer, endpoint: str | None = None) -> None:
         """Answer the next requests (to ``endpoint`` only, if given) with these."""
         self.script.extend((endpoint, a) for a in answers)
+
+    def state(self) -> dict[str, Any]:
+        """What ``GET /_peer/state`` shows: the script, the documents, the calls."""
+        docs = {s: 0 for s in (PENDING, DONE, FAIL)}
+        for doc in self.docs.values():
+            docs[doc.status] += 1
+        calls: dict[str, int] = {}
+        for seen in self.seen:
+            calls[seen.path] = calls.get(seen.path, 0) + 1
+        return {
+            "script": [{"answer": a, "endpoint": e} for e, a in self.script],
+            "docs": docs, "repeats": self.repeats, "calls": calls,
+        }
 
     # -- queries for tests ----------------------------------------------------------------
     def sent_by(self, system: str) -> list[HubDoc]:
@@ -367,9 +413,13 @@ class CentralHub:
         app.router.add_post("/updateStatus", self._update_status)
         app.router.add_get("/getEdocStatus", self._edoc_status)
         app.router.add_get("/getAgenciesList", self._agencies_list)
+        app.router.add_post(CONTROL_PREFIX + "fail", self._control_fail)
+        app.router.add_get(CONTROL_PREFIX + "state", self._control_state)
         return app
 
     def _scripted(self, path: str) -> Answer | None:
+        if path.startswith(CONTROL_PREFIX):  # the control must work while the hub fails
+            return None
         for index, (endpoint, answer) in enumerate(self.script):
             if endpoint is None or endpoint == path:
                 del self.script[index]
@@ -396,6 +446,8 @@ class CentralHub:
                 self.systems, method=request.method, target=request.raw_path,
                 headers=request.headers, body=body, now=self.clock(), window=self.window,
             )
+            if request.path.startswith(CONTROL_PREFIX) and system not in self.control:
+                raise HubRefusal(403, f"system {system} may not control the hub")
             request[SYSTEM] = system
             response: web.StreamResponse = await handler(request)
         except HubRefusal as exc:
@@ -471,12 +523,57 @@ class CentralHub:
         ]})
 
 
+    async def _control_fail(self, request: web.Request) -> web.Response:
+        try:
+            data = await request.json()
+        except ValueError:
+            raise HubRefusal(400, "the body must be JSON {answer, count, endpoint}") from None
+        if not isinstance(data, dict):
+            raise HubRefusal(400, "the body must be a JSON object")
+        if data.get("clear") is True:
+            self.script.clear()
+            return web.json_response(self.state())
+        try:
+            answer = parse_answer(data.get("answer"))
+        except ValueError as exc:
+            raise HubRefusal(400, f"answer: {exc}") from None
+        count, endpoint = data.get("count", 1), data.get("endpoint")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count:
+            raise HubRefusal(400, "count must be a positive integer")
+        if len(self.script) + count > MAX_SCRIPTED:
+            raise HubRefusal(400, f"at most {MAX_SCRIPTED} answers may wait")
+        if endpoint is not None and endpoint not in PROTOCOL_PATHS:
+            raise HubRefusal(400, f"endpoint must be one of {', '.join(PROTOCOL_PATHS)}")
+        self.fail_next(*[answer] * count, endpoint=endpoint)
+        return web.json_response(self.state())
+
+    async def _control_state(self, request: web.Request) -> web.Response:
+        return web.json_response(self.state())
+
+
 # -- entry point ------------------------------------------------------------------------------
 def _pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key or not value:
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
     return key, value
+
+
+def _failure(text: str) -> tuple[str | None, list[Answer]]:
+    """``ANSWER[xN][@ENDPOINT]`` (``503x3@/sendEdoc``, ``reset``) as (endpoint, answers)."""
+    what, _, endpoint = text.partition("@")
+    answer, _, times = what.partition("x")
+    try:
+        parsed = parse_answer(answer)
+        count = int(times) if times else 1
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 1 <= count <= MAX_SCRIPTED:
+        raise argparse.ArgumentTypeError(f"{text!r}: the count must be 1..{MAX_SCRIPTED}")
+    if endpoint and endpoint not in PROTOCOL_PATHS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the endpoint must be one of {', '.join(PROTOCOL_PATHS)}")
+    return endpoint or None, [parsed] * count
 
 
 def build_hub(args: argparse.Namespace) -> CentralHub:
@@ -487,9 +584,13 @@ def build_hub(args: argparse.Namespace) -> CentralHub:
         hub.serve_directory(load_directory(Path(path), allow_insecure_push=True), system)
     for code, system in args.agency:
         hub.serve(system, code)
-    unknown = {a.system for a in hub.agencies.values()} - set(hub.systems)
+    for endpoint, answers in args.fail:
+        hub.fail_next(*answers, endpoint=endpoint)
+    hub.control.update(args.control)
+    unknown = ({a.system for a in hub.agencies.values()} | hub.control) - set(hub.systems)
     if unknown:
-        raise SystemExit(f"agencies served by unregistered system(s): {', '.join(unknown)}")
+        raise SystemExit(f"unregistered system(s) serving agencies or controlling the hub: "
+                         f"{', '.join(sorted(unknown))}")
     return hub
 
 
@@ -508,11 +609,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                         metavar="FILE=SYSTEM",
                         help="every agency of this directory not in hub mode is served by SYSTEM")
     parser.add_argument("--slow-seconds", type=float, default=3.0)
+    parser.add_argument("--fail", type=_failure, action="append", default=[],
+                        metavar="ANSWER[xN][@ENDPOINT]",
+                        help="start failing: the next N requests (to ENDPOINT only, if given) "
+                        "get ANSWER, an HTTP status, reset or slow (repeat)")
+    parser.add_argument("--control", action="append", default=[], metavar="SYSTEM",
+                        help="a system allowed to use the test-only control routes /_peer/*")
     args = parser.parse_args(argv)
     hub = build_hub(args)
     # Secrets are never printed: only the systems' ids.
     print(f"central hub on http://{args.host}:{args.port}: systems {', '.join(hub.systems)}, "
-          f"{len(hub.agencies)} agencies", file=sys.stderr)
+          f"{len(hub.agencies)} agencies, {len(hub.script)} failures scripted", file=sys.stderr)
     web.run_app(hub.app(), host=args.host, port=args.port, print=None)
 
 

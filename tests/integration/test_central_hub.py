@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import sqlalchemy as sa
 from aiohttp import web
 from lxml import etree
 
-from adapters.central_hub import HUB_POLLER, HubClient, HubPoller
+from adapters.central_hub import HUB_POLLER, HubClient, HubPoller, signed_headers
 from deploy.peers.central_hub import DONE, FAIL, PENDING, CentralHub
 from gateway.api.keys import DIRECTORY, STORE
 from gateway.codecs import decode_edxml, encode_edxml
@@ -40,7 +43,7 @@ from gateway.envelope import (
     StatusCode,
     StatusEnvelope,
 )
-from gateway.errors import PermanentFailure
+from gateway.errors import PermanentFailure, RetryLater
 from gateway.settings import Settings
 from gateway.store.store import DeadLetterFilter, Store
 from gateway.store.tables import inbox, messages
@@ -375,3 +378,205 @@ async def test_two_pollers_at_once_admit_each_package_once(
     rows = await count(gw, sa.select(sa.func.count()).select_from(inbox))
     assert rows == 5  # one inbox row per (package, agency): 1+1+1+2
     assert all(d.status != PENDING for d in peer.hub.docs.values())
+
+
+def government_office_status(package: bytes, code: StatusCode = StatusCode.ACCEPTED) -> bytes:
+    """A status as Văn phòng Chính phủ's system writes it about a package it received: it knows
+    only the package, so it names the document by the package's own DocumentId and sends the
+    status back to its From/OrganId (never a gateway message id)."""
+    root = etree.fromstring(package)
+    header = root.find(f".//{{{NS}}}MessageHeader")
+    assert header is not None
+    document_id = header.findtext(f"{{{NS}}}DocumentId")
+    sender = header.findtext(f"{{{NS}}}From/{{{NS}}}OrganId")
+    assert document_id and sender
+    status = StatusEnvelope(
+        kind="status",
+        header=Header(sender=G22, to=[AgencyAddress(agency=sender)]),
+        body=StatusBody(about=uuid.uuid4(), code=code, at=datetime(2026, 11, 21, 9, 0,
+                                                                   tzinfo=UTC), by="Văn thư VPCP"),
+    )
+    written = encode_edxml(status, gateway_extension=False)
+    # The placeholder id becomes the DocumentId it answers, as that system writes it.
+    written = written.replace(str(status.body.about).encode(), document_id.encode())
+    assert response_for_document_id(written) == document_id
+    return written
+
+
+@pytest.mark.parametrize("document_id", [None, f"{PROVINCE},2026/11/20,15/CT-UBND"],
+                         ids=["gateway-id", "sender-chosen-id"])
+async def test_a_status_from_a_hub_agency_goes_back_to_our_sender_once(
+    make_gateway: GatewayFactory, settings: Settings, peer: HubPeer,
+    http: aiohttp.ClientSession, document_id: str | None,
+) -> None:
+    gw = await make_gateway(settings=peer.settings(settings, hub_poll_interval=3600.0))
+    sent = document(PROVINCE, [{"agency": G22}], "Báo cáo kết quả")
+    if document_id is not None:  # a document system choosing its own DocumentId
+        sent["body"]["document_id"] = document_id
+    response = await gw.send(PROVINCE, sent)
+    assert response.status == 202, await response.text()
+    message_id = (await response.json())["id"]
+    await gw.wait_state(message_id, G22, "delivered")
+
+    # Văn phòng Chính phủ's system takes the document and answers 03 (đã tiếp nhận).
+    vpcp = HubClient(http, peer.url, VPCP, peer.hub.systems[VPCP], timeout=5.0)
+    [doc] = await vpcp.received()
+    package = await vpcp.get_edoc(doc.doc_id)
+    await vpcp.update_status(doc.doc_id, "done")
+    [status_doc] = await vpcp.send_edoc(government_office_status(package), message_type="status")
+    assert peer.hub.docs[status_doc].to == PROVINCE
+
+    client = HubClient(http, peer.url, GATEWAY_SYSTEM, peer.hub.systems[GATEWAY_SYSTEM],
+                       timeout=5.0)
+    poller = HubPoller(gw.client.app, client, interval=3600.0)
+    first = await poller.poll_once()
+    assert (first.admitted, first.refused, first.deferred) == ([status_doc], {}, [])
+    assert peer.hub.docs[status_doc].status == DONE
+
+    # Matched to the original: its recipient G22 now shows 03, and the sender has it.
+    view = await gw.client.get(f"/api/v1/messages/{message_id}",
+                               headers=await gw.auth(PROVINCE))
+    [recipient] = (await view.json())["recipients"]
+    assert recipient["agency"] == G22 and recipient["status"]["code"] == "03"
+    page = await (await gw.client.get("/api/v1/inbox", headers=await gw.auth(PROVINCE))).json()
+    [item] = page["items"]
+    status_row = await gw.store.message(item["message_id"])
+    assert (status_row.sender, status_row.about, status_row.status_code) == (
+        G22, message_id, "03")
+
+    # Polled again (the hub lists it again, as after a lost "done"): still one status.
+    peer.hub.docs[status_doc].status = PENDING
+    again = await poller.poll_once()
+    assert again.admitted == [status_doc]
+    assert await count(gw, sa.select(sa.func.count()).select_from(messages)
+                       .where(messages.c.kind == "status")) == 1
+    page = await (await gw.client.get("/api/v1/inbox", headers=await gw.auth(PROVINCE))).json()
+    assert [i["message_id"] for i in page["items"]] == [item["message_id"]]
+
+
+async def control(http: aiohttp.ClientSession, peer: HubPeer, system: str, method: str,
+                  path: str, body: dict[str, Any] | None = None,
+                  secret: str | None = None) -> tuple[int, Any]:
+    """One signed call to the hub's control routes as ``system``."""
+    data = orjson.dumps(body) if body is not None else b""
+    key = secret if secret is not None else peer.hub.systems[system]
+    headers = signed_headers(system, key, method, path, data, time.time())
+    async with http.request(method, peer.url + path, data=data or None,
+                            headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def test_the_hub_fails_on_command_over_http_for_its_controller_only(
+    peer: HubPeer, http: aiohttp.ClientSession, ministry: HubClient
+) -> None:
+    peer.hub.add_system("ops")
+    peer.hub.control.add("ops")
+    order = {"answer": 503, "count": 2, "endpoint": "/getAgenciesList"}
+
+    # Not without the hub's own auth, and not for a system that is not a controller.
+    async with http.post(peer.url + "/_peer/fail", json=order) as unsigned:
+        assert unsigned.status == 401
+    assert await control(http, peer, BNV, "POST", "/_peer/fail", order) == (
+        403, {"error": "system bnv may not control the hub"})
+    status, _ = await control(http, peer, "ops", "POST", "/_peer/fail", order,
+                              secret="not-the-secret")
+    assert status == 401
+    assert not peer.hub.script
+
+    status, state = await control(http, peer, "ops", "POST", "/_peer/fail", order)
+    assert status == 200
+    assert state["script"] == [{"answer": 503, "endpoint": "/getAgenciesList"}] * 2
+    status, _ = await control(http, peer, "ops", "POST", "/_peer/fail",
+                              {"answer": "reset", "endpoint": "/sendEdoc"})
+    assert status == 200
+    # Scripted answers do not touch the control routes, nor other endpoints.
+    status, state = await control(http, peer, "ops", "GET", "/_peer/state")
+    assert status == 200 and len(state["script"]) == 3
+
+    # The next two agency lists fail with 503, the next send is dropped (nothing stored):
+    # then the hub answers normally again.
+    for _ in range(2):
+        with pytest.raises(RetryLater, match="HTTP 503"):
+            await ministry.agencies()
+    package, document_id = ministry_document([HUE])
+    with pytest.raises(RetryLater, match="/sendEdoc"):
+        await ministry.send_edoc(package, message_type="edoc", message_id=document_id)
+    assert peer.hub.docs == {}
+    assert G04 in {a.code for a in await ministry.agencies()}
+    assert len(await ministry.send_edoc(package, message_type="edoc",
+                                        message_id=document_id)) == 1
+    status, state = await control(http, peer, "ops", "GET", "/_peer/state")
+    assert state["script"] == []
+    assert state["calls"]["/getAgenciesList"] == 3
+
+    # A malformed order is refused and queues nothing; clear drops what waits.
+    for bad in ({"answer": 200}, {"answer": "slow", "count": 0},
+                {"answer": "slow", "endpoint": "/_peer/state"}):
+        status, _ = await control(http, peer, "ops", "POST", "/_peer/fail", bad)
+        assert status == 400, bad
+    await control(http, peer, "ops", "POST", "/_peer/fail", {"answer": "slow", "count": 5})
+    status, state = await control(http, peer, "ops", "POST", "/_peer/fail", {"clear": True})
+    assert (status, state["script"]) == (200, [])
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def start_hub(hub: CentralHub, port: int) -> web.AppRunner:
+    runner = web.AppRunner(hub.app())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+async def test_documents_wait_while_the_hub_is_down_and_arrive_once_when_it_is_back(
+    make_gateway: GatewayFactory, settings: Settings, peer: HubPeer, free_port: int
+) -> None:
+    # The same hub (state kept) served on a port of its own, so that it can really go away.
+    hub = peer.hub
+    url = f"http://127.0.0.1:{free_port}"
+    runner = await start_hub(hub, free_port)
+    gw = await make_gateway(settings=HubPeer(hub, url).settings(
+        settings, retry_delays=(0.2, 0.5), max_attempts=100, breaker_cooldown=0.5,
+        breaker_max_cooldown=1.0,
+    ))
+    try:
+        before = (await (await gw.send(PROVINCE, document(PROVINCE, [{"agency": G22}])))
+                  .json())["id"]
+        await gw.wait_state(before, G22, "delivered")
+
+        await runner.cleanup()  # the hub is gone: connections refused
+        sent: dict[str, str] = {}
+        for number, (sender, to) in enumerate([(PROVINCE, G22), (HUE, G22), (HUE, G04),
+                                               (PHONG_DIEN, G13)]):
+            body = document(sender, [{"agency": to}], f"Văn bản số {number}")
+            response = await gw.send(sender, body)
+            assert response.status == 202, await response.text()
+            sent[(await response.json())["id"]] = to
+
+        async def all_tried() -> bool:
+            rows = [await gw.store.message(m) for m in sent]
+            return all(r.recipients[0].attempts >= 2 for r in rows)
+
+        await gw.wait_for(all_tried)
+        for message_id in sent:
+            [recipient] = (await gw.store.message(message_id)).recipients
+            assert recipient.state == "pending", recipient
+            assert recipient.last_error is not None and "hub /sendEdoc" in recipient.last_error
+        assert [d.message_id for d in hub.sent_by(GATEWAY_SYSTEM)] == [before]
+
+        runner = await start_hub(hub, free_port)  # back, on the same port, with its state
+        for message_id, to in sent.items():
+            await gw.wait_state(message_id, to, "delivered", timeout=20.0)
+    finally:
+        await runner.cleanup()
+
+    docs = hub.sent_by(GATEWAY_SYSTEM)
+    assert sorted(d.message_id for d in docs) == sorted([before, *sent])  # each exactly once
+    assert {d.message_id: d.to for d in docs if d.message_id in sent} == sent
+    assert len(hub.queued_for(VPCP)) == 3 and len(hub.queued_for(BNV)) == 2
