@@ -399,6 +399,55 @@ def cmd_calendar_check(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# The central document hub (adapters/central_hub.py, docs/central-hub.md): its agency list
+# against the directory's hub-mode agencies, which it must know or their messages dead-letter.
+def cmd_hub_agencies(settings: Settings, args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from adapters.central_hub import HubClient
+    from gateway.directory import DeliveryMode
+
+    if not settings.hub_url:
+        raise UsageError("LIENTHONG_HUB_URL is not set: there is no hub to ask")
+    directory = load_directory(settings.directory_path,
+                               allow_insecure_push=settings.allow_insecure_push)
+
+    async def go() -> int:
+        async with aiohttp.ClientSession() as session:
+            # Errors (unreachable, 401...) are GatewayErrors: one line, never the secret.
+            listed = await HubClient.from_settings(settings, session).agencies()
+        at_hub = {a.code: a for a in listed}
+        ours = {a.code: a for a in directory.agencies.values() if a.mode is DeliveryMode.HUB}
+        # The hub's other systems' agencies; those our own system serves are ours.
+        theirs = {c: a for c, a in at_hub.items() if a.system != settings.hub_system_id}
+        missing = sorted(c for c in ours if c not in at_hub)
+        unknown = sorted(c for c in theirs if c not in directory.agencies)
+        rows = []
+        for code in sorted(ours.keys() | theirs.keys()):
+            agency, hub_agency = directory.agencies.get(code), at_hub.get(code)
+            mode = agency.mode.value if agency is not None else "-"
+            if code in ours:
+                note = "ok" if hub_agency is not None else "MISSING AT THE HUB"
+            else:
+                note = "not in the directory" if agency is None else f"directory: {mode}"
+            name = agency.name if agency is not None else hub_agency.name if hub_agency else ""
+            rows.append((code, mode, hub_agency.system if hub_agency else "-", note, name))
+        sys.stdout.write(f"{'agency':13}  {'directory':9}  {'hub system':16}  {'check':20}  name\n")
+        for code, mode, system, note, name in rows:
+            sys.stdout.write(f"{code:13}  {mode:9}  {system:16}  {note:20}  {name}\n")
+        extra = f"; at the hub, not in the directory: {', '.join(unknown)}" if unknown else ""
+        if missing:
+            sys.stderr.write(
+                f"lienthong: the hub does not know {len(missing)} agency(ies) the directory "
+                f"routes through it: {', '.join(missing)}{extra}\n")
+            return 1 if args.check else 0
+        sys.stderr.write(f"{len(ours)} hub agencies of the directory, all known to the hub "
+                         f"({len(listed)} agencies){extra}\n")
+        return 0
+
+    return _run(go())
+
+
 # Dossier statistics (gateway/stats.py): what the API serves, exported, or checked against the
 # dossiers' raw steps.
 _STATS_HEADINGS = {
@@ -610,6 +659,15 @@ def parser() -> argparse.ArgumentParser:
                         "current period)")
     for sp in (stats_show, stats_export):
         sp.add_argument("--agency", type=_agency, help="only this agency")
+
+    hub = sub.add_parser("hub", help="the central document hub (Trục liên thông văn bản quốc gia)")
+    hub_sub = hub.add_subparsers(dest="action", required=True, metavar="ACTION")
+    hub_agencies = add("agencies", cmd_hub_agencies, "the hub's agency list beside the "
+                       "directory's hub-mode agencies (LIENTHONG_HUB_URL, _SYSTEM_ID, _SECRET)",
+                       hub_sub)
+    hub_agencies.add_argument("--check", action="store_true",
+                              help="exit 1 if the hub does not know an agency the directory "
+                              "routes through it")
 
     calendar = sub.add_parser("calendar", help="working days (lịch ngày làm việc) for deadlines")
     calendar_sub = calendar.add_subparsers(dest="action", required=True, metavar="ACTION")
