@@ -43,6 +43,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import io
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -55,9 +56,16 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from gateway.api.keys import DIRECTORY, SETTINGS, STORE
+from gateway.api.keys import BLOBS, DIRECTORY, SETTINGS, STORE
+from gateway.blobs import BlobStore
 from gateway.codecs import decode, decode_edxml, encode_edxml, xmlsafe
-from gateway.codecs.edxml import CARRY_KEY, carried, document_id
+from gateway.codecs.edxml import (
+    CARRY_KEY,
+    carried,
+    document_id,
+    iter_edxml,
+    stored_attachments,
+)
 from gateway.delivery import Delivery, Transport, parse_retry_after
 from gateway.directory import Agency, DeliveryMode
 from gateway.envelope import (
@@ -208,8 +216,10 @@ class HubClient:
             self.system_id, self._secret, method, url.raw_path_qs, body, self.clock()
         )
         try:
+            # A file-like body is written in pieces (aiohttp warns that a large bytes body
+            # would hold the event loop while it is written).
             async with self.session.request(
-                method, url, data=body or None, headers=sent,
+                method, url, data=io.BytesIO(body) if body else None, headers=sent,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:
                 content = await response.read()
@@ -329,11 +339,12 @@ class HubTransport:
 
     def __init__(
         self, client: HubClient, store: Store | None = None, *,
-        sign: Callable[[bytes], bytes] | None = None,
+        sign: Callable[[bytes], bytes] | None = None, blobs: BlobStore | None = None,
     ) -> None:
         self.client = client
         self.store = store
         self.sign = sign
+        self.blobs = blobs
 
     async def send(self, agency: Agency, delivery: Delivery) -> None:
         try:
@@ -350,7 +361,14 @@ class HubTransport:
                 f"the central hub carries documents and statuses, not a {envelope.kind}"
             )
         try:
-            package = encode_edxml(envelope)
+            if self.blobs is not None and stored_attachments(envelope):
+                # The hub takes a package in one signed request: its stored files are read
+                # into it (in a worker thread), so a send holds that package in memory.
+                chunks = self.blobs.chunks
+                package = await asyncio.to_thread(
+                    lambda: b"".join(iter_edxml(envelope, chunks)))
+            else:
+                package = encode_edxml(envelope)
             if self.sign is not None:
                 package = self.sign(package)
         except GatewayError as exc:
@@ -383,7 +401,8 @@ def hub_transports(app: web.Application, http: aiohttp.ClientSession) -> dict[
         return {}
     client = HubClient.from_settings(settings, http)
     sign = app[SIGNER].sign if SIGNER in app else None
-    return {DeliveryMode.HUB: HubTransport(client, app[STORE], sign=sign)}
+    return {DeliveryMode.HUB: HubTransport(client, app[STORE], sign=sign,
+                                           blobs=app.get(BLOBS))}
 
 
 # -- inbound ----------------------------------------------------------------------------------

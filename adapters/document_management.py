@@ -18,19 +18,46 @@
 
 Agencies whose directory entry says ``format: edxml`` get their pushes as edXML too, signed the
 same way (:func:`gateway.delivery.wire_body`).
+
+Large files (claim check). A package over :data:`STREAM_ABOVE` bytes is never read into
+memory: it is spooled to disk as it arrives (up to ``LIENTHONG_MAX_PACKAGE_BYTES``), then read
+once by :func:`gateway.codecs.edxml.spool_edxml`, which decodes each attachment's base64 piece
+by piece into the blob store (:mod:`gateway.blobs`) and keeps the rest as a small skeleton.
+The message then carries each such file as a claim check (size and SHA-256). Going out, a
+package with stored files is written by :func:`gateway.codecs.edxml.iter_edxml`, the files'
+base64 streamed from the store, so the recipient gets the files themselves; JSON systems fetch
+them from ``GET /api/v1/messages/{id}/attachments/{n}``. A signed package of this size is
+verified whole, once, in a worker thread (XML-DSig's enveloped signature digests the whole
+document); a streamed package going out is not signed by the gateway, for the same reason.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import dataclasses
+import tempfile
+from collections.abc import Sequence
+from typing import IO, Any
 
 import orjson
 from aiohttp import web
 
 from gateway import signing  # a module: gateway.signing imports the API, which imports us
+from gateway.api.keys import AGENCY, BLOBS, SETTINGS
 from gateway.api.routes import inbox_page, ingest, visible_message
+from gateway.blobs import BlobSink, BlobStore
 from gateway.codecs import decode, decode_edxml, encode_edxml
+from gateway.codecs.edxml import (
+    STREAM_LIMITS,
+    Spooled,
+    iter_edxml,
+    spool_edxml,
+    stored_attachments,
+)
+from gateway.codecs.xmlsafe import XmlLimits
 from gateway.envelope import AnyEnvelope
+from gateway.errors import GatewayError
+from gateway.ingress import AuditNote, Check
 from gateway.store.store import InboxEntry
 
 routes = web.RouteTableDef()
@@ -49,12 +76,103 @@ class EdxmlCodec:
 EDXML = EdxmlCodec()
 
 
+#: A package no larger than this cannot hold a file above the inline limit (the Envelope's
+#: ``Attachment.content`` max length), so it is read in memory; a larger one is streamed.
+STREAM_ABOVE = 1_400_000
+SENDER_AT = "/edXML/edXMLEnvelope/edXMLHeader/MessageHeader/From/OrganId"
+_READ = 256 * 1024
+
+
 @routes.post("/api/v1/edxml/messages")
 async def post_edxml(request: web.Request) -> web.Response:
     """Accept one edXML package from the calling agency's document-management system."""
-    return await ingest(request, EDXML.decode,
-                        sender_at="/edXML/edXMLEnvelope/edXMLHeader/MessageHeader/From/OrganId",
-                        check=signing.edxml_check(request.app))
+    length = request.content_length
+    if length is not None and length <= STREAM_ABOVE:
+        return await ingest(request, EDXML.decode, sender_at=SENDER_AT,
+                            check=signing.edxml_check(request.app))
+    return await _post_streamed(request)
+
+
+async def _post_streamed(request: web.Request) -> web.Response:
+    """A large package: spooled to disk, its files streamed into the blob store, the rest
+    admitted like any package. Refused: the files it stored are removed again (unless
+    another message already had them), and nothing else was written."""
+    app = request.app
+    blobs, limit = app[BLOBS], app[SETTINGS].max_package_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit,
+                                            actual_size=request.content_length)
+    limits = XmlLimits(max_bytes=limit, max_text=STREAM_LIMITS.max_text)
+    with tempfile.TemporaryFile(dir=blobs.root / "tmp", suffix=".edxml") as spool:
+        size = 0
+        async for piece in request.content.iter_chunked(_READ):
+            size += len(piece)
+            if size > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+            spool.write(piece)
+        spool.seek(0)
+        sinks: list[BlobSink] = []
+
+        def open_sink(_index: int) -> BlobSink:
+            sinks.append(blobs.sink())
+            return sinks[-1]
+
+        try:
+            spooled = await asyncio.to_thread(spool_edxml, spool, open_sink, limits=limits)
+            new = await asyncio.to_thread(_commit, blobs, sinks)
+        finally:
+            for sink in sinks:
+                sink.discard()  # after a commit: nothing left to remove
+        claims = spooled.claims
+        try:
+            check = await _streamed_check(app, request[AGENCY], spool, spooled, limits)
+            return await ingest(
+                request, lambda b: decode_edxml(b, claims=claims), sender_at=SENDER_AT,
+                check=check, body=spooled.skeleton,
+                stored=frozenset(a.sha256 for a in spooled.attachments),
+            )
+        except (GatewayError, web.HTTPException):
+            # Refused: nothing refers to the files it brought. (Anything else, e.g. a crash
+            # after the commit, keeps them: an orphan file costs disk, a lost one a document.)
+            await asyncio.to_thread(_remove, blobs, new)
+            raise
+
+
+def _commit(blobs: BlobStore, sinks: list[BlobSink]) -> set[str]:
+    """Commit every file; the digests that were not in the store before."""
+    new: set[str] = set()
+    for sink in sinks:
+        existed = blobs.exists(sink.sha256)
+        digest = sink.commit()
+        if not existed:
+            new.add(digest)
+    return new
+
+
+def _remove(blobs: BlobStore, digests: set[str]) -> None:
+    for digest in digests:
+        blobs.path(digest).unlink(missing_ok=True)
+
+
+async def _streamed_check(
+    app: web.Application, agency: str, spool: IO[bytes], spooled: Spooled, limits: XmlLimits
+) -> Check | None:
+    """The signature check of a streamed package, done before admitting it, in a worker
+    thread and on the whole package (the enveloped signature digests all of it)."""
+    # The attachments' base64 is one text node each: whole here, up to the package limit.
+    full_check = signing.edxml_check(app, dataclasses.replace(limits, max_text=limits.max_bytes))
+    if full_check is None:
+        return None
+    envelope = decode_edxml(spooled.skeleton, claims=spooled.claims)
+    if envelope.header.sender != agency:
+        return None  # admit refuses it (403) without the cost of a verification
+
+    def verify() -> tuple[AnyEnvelope, Sequence[AuditNote]]:
+        spool.seek(0)
+        return full_check(spool.read(), envelope)
+
+    checked = await asyncio.to_thread(verify)
+    return lambda _body, _envelope: checked
 
 
 def _package(request: web.Request, envelope: bytes) -> web.Response:
@@ -63,10 +181,24 @@ def _package(request: web.Request, envelope: bytes) -> web.Response:
 
 
 @routes.get("/api/v1/edxml/messages/{id}")
-async def get_edxml(request: web.Request) -> web.Response:
-    """A message as an edXML package, for its sender or one of its recipients."""
+async def get_edxml(request: web.Request) -> web.StreamResponse:
+    """A message as an edXML package, for its sender or one of its recipients; its stored
+    files streamed in from the blob store."""
     _agency, row = await visible_message(request)
-    return _package(request, row.envelope)
+    envelope = decode(row.envelope)
+    stored = stored_attachments(envelope)
+    if not stored:
+        return _package(request, row.envelope)
+    blobs = request.app[BLOBS]
+    for att in stored:  # before the first byte goes out: a missing file is a clean error
+        blobs.size(att.sha256)
+    response = web.StreamResponse(headers={"Content-Type": "application/xml; charset=utf-8"})
+    await response.prepare(request)
+    pieces = iter_edxml(envelope, blobs.chunks)
+    while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+        await response.write(piece)
+    await response.write_eof()
+    return response
 
 
 def _inbox_item(entry: InboxEntry) -> dict[str, Any]:

@@ -68,7 +68,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -78,9 +78,11 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
+from gateway.blobs import BlobStore
 from gateway.broker import Broker, Outgoing, close_quietly
 from gateway.circuit import Breakers, CircuitBreaker, Permit
 from gateway.codecs import decode, encode_edxml
+from gateway.codecs.edxml import iter_edxml, stored_attachments
 from gateway.directory import Agency, DeliveryMode, Directory, WireFormat
 from gateway.envelope import Priority
 from gateway.errors import GatewayError, PermanentFailure, RetryLater
@@ -198,10 +200,27 @@ def wire_body(
     return canonical, "application/json"
 
 
+def streamed_edxml(canonical: bytes, blobs: BlobStore) -> AsyncIterator[bytes] | None:
+    """An edXML push body that carries stored attachments (claim checks), streamed from the
+    blob store piece by piece; None when the message has none (the usual, in-memory path).
+    Not signed: XML-DSig's enveloped signature digests the whole document, which this path
+    never holds (the README says so)."""
+    envelope = decode(canonical)
+    if not stored_attachments(envelope):
+        return None
+    pieces = iter_edxml(envelope, blobs.chunks)
+
+    async def body() -> AsyncIterator[bytes]:
+        while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+            yield piece
+
+    return body()
+
+
 async def push(
     session: aiohttp.ClientSession,
     endpoint: str,
-    body: bytes,
+    body: bytes | AsyncIterator[bytes],
     *,
     message_id: str,
     sender: str,
@@ -258,16 +277,21 @@ class HttpPush:
 
     def __init__(
         self, session: aiohttp.ClientSession, timeout: float,
-        sign: Callable[[bytes], bytes] | None = None,
+        sign: Callable[[bytes], bytes] | None = None, blobs: BlobStore | None = None,
     ) -> None:
         self.session = session
         self.timeout = timeout
         self.sign = sign
+        self.blobs = blobs
 
     async def send(self, agency: Agency, delivery: Delivery) -> None:
         if agency.endpoint is None:
             raise PermanentFailure(f"agency {agency.code} has no push endpoint")
-        body, content_type = wire_body(agency.format, delivery.body, sign=self.sign)
+        body: bytes | AsyncIterator[bytes] | None = None
+        if agency.format is WireFormat.EDXML and self.blobs is not None:
+            body, content_type = streamed_edxml(delivery.body, self.blobs), "application/xml"
+        if body is None:
+            body, content_type = wire_body(agency.format, delivery.body, sign=self.sign)
         await push(
             self.session, agency.endpoint, body, message_id=delivery.message_id,
             sender=delivery.sender, attempt=delivery.attempt, timeout=self.timeout,
@@ -289,11 +313,12 @@ class DeliveryWorker:
         transports: Mapping[DeliveryMode, Transport] | None = None,
         relay: OutboxRelay | None = None,
         sign: Callable[[bytes], bytes] | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.store = store
         self.relay = relay
         self.transports: dict[DeliveryMode, Transport] = {
-            DeliveryMode.PUSH: HttpPush(http, settings.push_timeout, sign=sign),
+            DeliveryMode.PUSH: HttpPush(http, settings.push_timeout, sign=sign, blobs=blobs),
             **(transports or {}),
         }
         self.broker = broker

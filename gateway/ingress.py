@@ -80,9 +80,12 @@ async def admit(
     idempotency_key: str | None = None,
     check: Check | None = None,
     via: str = "api",
+    stored: frozenset[str] = frozenset(),
 ) -> Accepted:
     """Accept one message from ``agency`` (already authenticated) or raise a GatewayError
-    naming what was wrong; nothing is stored unless everything passed."""
+    naming what was wrong; nothing is stored unless everything passed. ``stored``: the
+    SHA-256 of the attachments this very request put in the blob store; an attachment by
+    reference (no inline content) must be one of them."""
     store = app[STORE]
     request_hash = hashlib.sha256(body).hexdigest()
     if idempotency_key is not None:
@@ -93,6 +96,7 @@ async def admit(
                 raise IdempotencyKeyReused()
             return accepted
     envelope = decoder(body)
+    _claims_are_stored(envelope, stored)
     header = envelope.header
     if header.sender != agency:
         raise Forbidden(
@@ -369,6 +373,21 @@ async def _dossier_step(
             errors=[FieldError("/header/to", "not where this step goes")],
         )
     return tuple(sorted(wanted)), DossierWrite(event, new, None, preceding)
+
+
+def _claims_are_stored(envelope: AnyEnvelope, stored: frozenset[str]) -> None:
+    """A claim check must be for a file this request stored. The blob store is shared and
+    addressed by digest: accepting any digest a client names would let an agency that learnt
+    a digest attach (and then read back) another agency's file, or send a reference to
+    nothing, which its recipients could never open."""
+    for i, att in enumerate(getattr(envelope.body, "attachments", [])):
+        if att.content is None and att.sha256 not in stored:
+            raise UnprocessableRequest(
+                f"attachment {i + 1} ({att.name}) has no content: send the file itself "
+                "(inline base64, or an edXML package, whose large files the gateway streams "
+                "into its store)",
+                errors=[FieldError(f"/body/attachments/{i}/content", "required")],
+            )
 
 
 def _successor_takes_over(

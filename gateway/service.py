@@ -23,7 +23,17 @@ from adapters.one_stop_shop import PortalTransport
 from gateway import scheduler as dossier_scheduler
 from gateway import topology as topo
 from gateway.api import create_app
-from gateway.api.keys import BROKER, CALENDAR, DIRECTORY, RELAY, SETTINGS, STORE, WORKER
+from gateway.api.keys import (
+    BLOBS,
+    BROKER,
+    CALENDAR,
+    DIRECTORY,
+    RELAY,
+    SETTINGS,
+    STORE,
+    WORKER,
+)
+from gateway.blobs import BlobStore
 from gateway.broker import Broker
 from gateway.calendar import load_calendar
 from gateway.deadletters import DeadLetterKeeper
@@ -87,6 +97,8 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app[BLOBS] = BlobStore(settings.blob_dir)
+    app[BLOBS].sweep()  # what a crash left half-written
     async with Store.open(settings.store_url, migrate_schema=settings.migrate_on_start) as store:
         app[STORE] = store
         yield
@@ -117,7 +129,7 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(timeout=timeout) as http:
         worker = DeliveryWorker(
             store=app[STORE], broker=app[BROKER], directory=app[DIRECTORY],
-            settings=settings, http=http, relay=app[RELAY],
+            settings=settings, http=http, relay=app[RELAY], blobs=app[BLOBS],
             # Mode hub only with LIENTHONG_HUB_URL; without it the worker dead-letters
             # those messages ("no hub transport is configured").
             transports={DeliveryMode.AMQP: AmqpTransport(

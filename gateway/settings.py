@@ -194,6 +194,9 @@ class Settings:
     relay_grace: float = 5.0
     drain_timeout: float = 30.0
     max_body_bytes: int = 2 * 1024 * 1024
+    # An edXML package whose attachments are streamed to the blob store (claim check) may be
+    # this large; it is never held whole in memory, only spooled to disk.
+    max_package_bytes: int = 256 * 1024 * 1024
     log_format: str = "auto"
     log_level: str = "info"
     allow_insecure_push: bool = False  # http:// push endpoints (tests and the demo only)
@@ -298,6 +301,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "relay_grace": parse_duration,
     "drain_timeout": parse_duration,
     "max_body_bytes": _positive_int,
+    "max_package_bytes": _positive_int,
     "log_format": _choice("auto", "console", "json"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "allow_insecure_push": _bool,

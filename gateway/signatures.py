@@ -684,7 +684,8 @@ class SignatureSettings:
     def policy_for(self, agency: str) -> SignaturePolicy:
         return self.policies.get(agency, self.default)
 
-    def verify(self, raw_xml: bytes, *, sender: str, now: datetime) -> SignatureOutcome:
+    def verify(self, raw_xml: bytes, *, sender: str, now: datetime,
+               limits: XmlLimits = DEFAULT_LIMITS) -> SignatureOutcome:
         return verify_package(
             raw_xml,
             sender=sender,
@@ -693,6 +694,7 @@ class SignatureSettings:
             registered=self.registered,
             now=now,
             allow_sha1=self.allow_sha1,
+            limits=limits,
         )
 
 

@@ -223,13 +223,14 @@ def trace_entry(outcome: SignatureOutcome) -> TraceEntry:
 
 
 def check_signature(
-    signatures: SignatureSettings, raw: bytes, envelope: AnyEnvelope, *, now: datetime
+    signatures: SignatureSettings, raw: bytes, envelope: AnyEnvelope, *, now: datetime,
+    limits: XmlLimits = DEFAULT_LIMITS,
 ) -> tuple[AnyEnvelope, Sequence[AuditNote]]:
     """Verify ``raw`` as sent by the envelope's sender at ``now``: refuse per policy
     (:class:`SignatureRefused`), else the envelope with the outcome in its trace, and the
     outcome as an audit note."""
     sender = envelope.header.sender
-    outcome = signatures.verify(raw, sender=sender, now=now)
+    outcome = signatures.verify(raw, sender=sender, now=now, limits=limits)
     log.info("signature.checked", sender=sender, reason=outcome.reason.value,
              policy=outcome.policy.value, accepted=outcome.accepted)
     if not outcome.accepted:
@@ -246,7 +247,7 @@ def check_signature(
     return envelope.model_copy(update={"header": header}), notes
 
 
-def edxml_check(app: web.Application) -> Check | None:
+def edxml_check(app: web.Application, limits: XmlLimits = DEFAULT_LIMITS) -> Check | None:
     """The ``check`` for :func:`gateway.ingress.admit` of an edXML package; ``None`` when the
     app has no signature settings (signatures not configured: nothing to check)."""
     signatures = app.get(SIGNATURES)
@@ -254,7 +255,7 @@ def edxml_check(app: web.Application) -> Check | None:
         return None
 
     def check(raw: bytes, envelope: AnyEnvelope) -> tuple[AnyEnvelope, Sequence[AuditNote]]:
-        return check_signature(signatures, raw, envelope, now=datetime.now(UTC))
+        return check_signature(signatures, raw, envelope, now=datetime.now(UTC), limits=limits)
 
     return check
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.blobs import BlobStore
 from gateway.broker import Broker
 from gateway.delivery import DeliveryWorker
 from gateway.directory import Directory
@@ -16,6 +17,8 @@ from gateway.store.store import Principal, Store
 SETTINGS = web.AppKey("settings", Settings)
 DIRECTORY = web.AppKey("directory", Directory)
 STORE = web.AppKey("store", Store)
+#: attachments above the inline limit, by SHA-256 (claim check)
+BLOBS = web.AppKey("blobs", BlobStore)
 BROKER = web.AppKey("broker", Broker)
 RELAY = web.AppKey("relay", OutboxRelay)
 WORKER = web.AppKey("worker", DeliveryWorker)

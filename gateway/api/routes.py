@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import structlog
 from aiohttp import web
 
-from gateway.api.keys import AGENCY, BROKER, STORE
+from gateway.api.keys import AGENCY, BLOBS, BROKER, STORE
 from gateway.codecs import decode
 from gateway.envelope import AnyEnvelope
 from gateway.errors import (
@@ -87,14 +89,19 @@ async def ingest(
     *,
     sender_at: str,
     check: Check | None = None,
+    body: bytes | None = None,
+    stored: frozenset[str] = frozenset(),
 ) -> web.Response:
     """Accept one message in any wire format through :func:`gateway.ingress.admit`; answer
-    202, or the first answer again for a repeated Idempotency-Key or message id."""
+    202, or the first answer again for a repeated Idempotency-Key or message id. ``body``:
+    the message when the caller read the request itself (a streamed edXML package's
+    skeleton), with the attachments it ``stored``."""
     key = _idempotency_key(request)
-    body = await request.read()
+    if body is None:
+        body = await request.read()
     accepted = await admit(
         request.app, agency=request[AGENCY], body=body, decoder=decoder, sender_at=sender_at,
-        idempotency_key=key, check=check,
+        idempotency_key=key, check=check, stored=stored,
     )
     return _accepted_response(accepted)
 
@@ -162,6 +169,31 @@ async def visible_message(request: web.Request) -> tuple[str, MessageRow]:
     if agency != row.sender and agency not in {r.agency for r in row.recipients}:
         raise Forbidden(f"agency {agency} is neither the sender nor a recipient of {row.id}")
     return agency, row
+
+
+@routes.get("/api/v1/messages/{id}/attachments/{n}")
+async def get_attachment(request: web.Request) -> web.StreamResponse:
+    """File ``n`` (from 0, as in ``/body/attachments/n``) of a message, as bytes, for its
+    sender or a recipient: how a JSON system gets a file the envelope carries by reference
+    (claim check), streamed from the blob store."""
+    _agency, row = await visible_message(request)
+    files = getattr(decode(row.envelope).body, "attachments", [])
+    raw = request.match_info["n"]
+    if not raw.isdigit() or int(raw) >= len(files):
+        raise NotFound(f"message {row.id} has {len(files)} attachment(s); no {raw!r}",
+                       errors=[FieldError("path:n", f"0 to {len(files) - 1}")])
+    att = files[int(raw)]
+    headers = {
+        "Content-Type": att.media_type,
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(att.name, safe='')}",
+        "ETag": f'"{att.sha256}"',
+        "X-Content-SHA256": att.sha256,
+    }
+    if att.content is not None:
+        return web.Response(body=base64.b64decode(att.content), headers=headers)
+    blobs = request.app[BLOBS]
+    blobs.size(att.sha256)  # NotFound (404 problem) before any byte goes out
+    return web.FileResponse(blobs.path(att.sha256), headers=headers)
 
 
 @routes.get("/api/v1/messages/{id}")

@@ -150,12 +150,13 @@ Deliberate decisions (each has a test):
 
 from __future__ import annotations
 
+import base64
 import binascii
 import functools
 import hashlib
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any, Protocol, TypeVar
@@ -185,6 +186,7 @@ __all__ = [
     "ICT",
     "NS",
     "TRACE_EVENT",
+    "Spooled",
     "StreamedAttachment",
     "carried",
     "content_digest",
@@ -192,9 +194,12 @@ __all__ = [
     "document_id",
     "encode_edxml",
     "iter_attachments",
+    "iter_edxml",
     "message_id_for",
     "operation_message_id",
     "package_message_id",
+    "spool_edxml",
+    "stored_attachments",
     "xsd_text",
 ]
 
@@ -1072,8 +1077,12 @@ _OPERATION_CODES = {operation: code for code, operation in _OPERATIONS.items()}
 _EXT_ENVELOPE = f"{{{EXT_NS}}}Envelope"
 
 
-def decode_edxml(data: bytes, *, limits: XmlLimits = DEFAULT_LIMITS) -> AnyEnvelope:
-    """Parse, repair the known vendor defects, validate and translate one edXML package."""
+def decode_edxml(data: bytes, *, limits: XmlLimits = DEFAULT_LIMITS,
+                 claims: Mapping[int, StreamedAttachment] | None = None) -> AnyEnvelope:
+    """Parse, repair the known vendor defects, validate and translate one edXML package.
+    ``claims``: the attachments :func:`spool_edxml` already took out of the package and
+    stored, by their position in AttachmentEncoded; those attachments become claim checks
+    (size and sha256, no content) and their base64 is not looked for."""
     defects: list[str] = []
     # Blank text between elements is dropped at parse time: leaf text is stripped anyway, and
     # a signature is verified on the raw bytes, never on this tree.
@@ -1095,7 +1104,7 @@ def decode_edxml(data: bytes, *, limits: XmlLimits = DEFAULT_LIMITS) -> AnyEnvel
         package = walk.node(root, PACKAGE)
     if walk.suspicious:
         _check_with_xsd(root)
-    return _Decoder(package, root, walk).envelope()
+    return _Decoder(package, root, walk, claims or {}).envelope()
 
 
 _MH_STEPS: tuple[Any, ...] = ("edXMLEnvelope", "edXMLHeader", "MessageHeader")
@@ -1172,8 +1181,10 @@ def _follow(root: etree._Element, steps: tuple[Any, ...]) -> etree._Element:
 class _Decoder:
     """Takes the Envelope's values out of the walked package; what is left is the residual."""
 
-    def __init__(self, package: dict[str, Any], root: etree._Element, walk: _Walk) -> None:
+    def __init__(self, package: dict[str, Any], root: etree._Element, walk: _Walk,
+                 claims: Mapping[int, StreamedAttachment] | None = None) -> None:
         self.package, self.root, self.walk = package, root, walk
+        self.claims: Mapping[int, StreamedAttachment] = claims or {}
         #: Where a field came from when it is not where _ORIGINS says (the gateway extension,
         #: attachments in manifest order, a Place list with empty places): its element.
         self.origin: dict[tuple[Any, ...], etree._Element] = {}
@@ -1461,6 +1472,7 @@ class _Decoder:
         files = enc.get("Attachment", ()) if enc is not None else ()
         if not files and not refs:
             return []
+        position = {id(f): k for k, f in enumerate(files)}  # in AttachmentEncoded, as streamed
         by_cid: dict[str, dict[str, Any]] = {}
         for f in files:
             own = f.get("ContentId")
@@ -1487,7 +1499,8 @@ class _Decoder:
         # Residual lists aligned with body.attachments: files in envelope order.
         if enc is not None and files:
             enc["Attachment"] = [f for _, f in ordered]
-        result = [self.attachment(i, ref, f) for i, (ref, f) in enumerate(ordered)]
+        result = [self.attachment(i, ref, f, self.claims.get(position[id(f)]))
+                  for i, (ref, f) in enumerate(ordered)]
         for i, (ref, f) in enumerate(ordered):
             own = f.get("ContentId")
             if ref is not None and own is not None and ref.get("ContentId") == own:
@@ -1497,7 +1510,8 @@ class _Decoder:
         return result
 
     def attachment(
-        self, i: int, ref: dict[str, Any] | None, f: dict[str, Any]
+        self, i: int, ref: dict[str, Any] | None, f: dict[str, Any],
+        claim: StreamedAttachment | None = None,
     ) -> dict[str, Any]:
         self.origin[("body", "attachments", i)] = self.el(f)
         values: dict[str, str | None] = {}
@@ -1507,7 +1521,18 @@ class _Decoder:
             values[field_name] = own if own is not None else other
             if ref is not None and other is not None and other == values[field_name]:
                 del ref[field_name]  # the same as the Attachment's: written back from it
+        media = values["ContentType"] or "application/octet-stream"
+        media_type = media.split(";")[0].strip().lower()
+        if media_type != media:
+            f["ContentType"] = media
+        cid = f.get("ContentId")
+        name: str | None = values["AttachmentName"] or values["Description"]
+        if not name and cid is not None:
+            name = _cid(cid)
+        meta = {"name": name, "media_type": media_type, "description": values["Description"]}
         text = f.pop("ContentTransferEncoded", None)
+        if claim is not None:  # stored already: the skeleton holds its digest, not its bytes
+            return {**meta, "size": claim.size, "sha256": claim.sha256, "content": None}
         if text is None:
             raise _missing(self.el(f), "ContentTransferEncoded")
         encoded = "".join(text.split())
@@ -1519,21 +1544,11 @@ class _Decoder:
             _check_with_xsd(self.root)
             where = _child(self.el(f), "ContentTransferEncoded")
             raise _violation(where, "the attachment is not valid base64") from None
-        media = values["ContentType"] or "application/octet-stream"
-        media_type = media.split(";")[0].strip().lower()
-        if media_type != media:
-            f["ContentType"] = media
-        cid = f.get("ContentId")
-        name: str | None = values["AttachmentName"] or values["Description"]
-        if not name and cid is not None:
-            name = _cid(cid)
         return {
-            "name": name,
-            "media_type": media_type,
+            **meta,
             "size": len(raw),
             "sha256": hashlib.sha256(raw).hexdigest(),
             "content": encoded if len(encoded) <= _INLINE_BASE64 else None,
-            "description": values["Description"],
         }
 
     def status(self) -> dict[str, Any]:
@@ -1839,7 +1854,7 @@ def _encode_document(
     _put(other, "Priority", header.priority, _PRIORITY_CODES.__getitem__, _read_priority)
     derived = [
         message_id_for(rf["DocumentId"])
-        for rf in mh.get("ResponseFor", [])
+        for rf in mh.get("ResponseFor") or []
         if isinstance(rf, dict)
         and isinstance(rf.get("DocumentId"), str)
         and rf["DocumentId"].strip()
@@ -2196,11 +2211,16 @@ _META = {f"{{{NS}}}{n}": n for n in ("ContentId", "AttachmentName", "ContentType
 
 
 class _AttachmentTarget:
-    """An lxml parser target: metadata of each Attachment, its base64 decoded piece by piece."""
+    """An lxml parser target: metadata of each Attachment, its base64 decoded piece by piece.
+    With a ``skeleton`` builder, it also builds the package without the attachments' base64:
+    each ContentTransferEncoded holds the hex SHA-256 of its decoded bytes instead (valid
+    base64 itself, and it makes two packages that differ only in a file differ)."""
 
-    def __init__(self, open_sink: Callable[[int], _Sink], guard: xmlsafe.StreamGuard) -> None:
+    def __init__(self, open_sink: Callable[[int], _Sink], guard: xmlsafe.StreamGuard,
+                 skeleton: etree.TreeBuilder | None = None) -> None:
         self.open_sink = open_sink
         self.guard = guard
+        self.skeleton = skeleton
         self.done: list[StreamedAttachment] = []
         self.stack: list[str] = []
         self.meta: dict[str, str] | None = None
@@ -2215,6 +2235,8 @@ class _AttachmentTarget:
 
     def start(self, tag: str, attrib: dict[str, str], nsmap: Any = None) -> None:
         self.guard.enter(tag, attrib)
+        if self.skeleton is not None:
+            self.skeleton.start(tag, attrib, nsmap)  # type: ignore[call-arg,arg-type]  # stubs lag lxml
         parent = self.stack[-1] if self.stack else None
         self.stack.append(tag)
         if tag == _ATTACHMENT and parent == f"{{{NS}}}AttachmentEncoded":
@@ -2232,6 +2254,8 @@ class _AttachmentTarget:
             self._decode(text, final=False)
             return
         self.guard.text(len(text))
+        if self.skeleton is not None:
+            self.skeleton.data(text)
         if self.leaf is not None:
             self.text.append(text)
 
@@ -2266,6 +2290,8 @@ class _AttachmentTarget:
         if tag == _ENCODED and self.sink is not None:
             self._decode("", final=True)
             self.sink = None
+            if self.skeleton is not None:
+                self.skeleton.data(self.hash.hexdigest())
         elif self.leaf is not None and tag in _META and self.meta is not None:
             self.meta[self.leaf] = "".join(self.text).strip()
             self.leaf = None
@@ -2285,12 +2311,22 @@ class _AttachmentTarget:
             self.index += 1
             self.meta = None
             self.size = 0
+        if self.skeleton is not None:
+            self.skeleton.end(tag)
 
     def doctype(self, *args: Any) -> None:
         raise MalformedInput(
             "refused XML: a DOCTYPE is not allowed (no DTDs, no entities)",
             errors=[FieldError("", "a DOCTYPE is not allowed")],
         )
+
+    def comment(self, text: str) -> None:
+        if self.skeleton is not None and self.stack:  # a signature's C14N may cover it
+            self.skeleton.comment(text)
+
+    def pi(self, target: str, data: str | None = None) -> None:
+        if self.skeleton is not None and self.stack:
+            self.skeleton.pi(target, data)
 
     def close(self) -> None:
         return None
@@ -2302,6 +2338,37 @@ class _AttachmentTarget:
 
 class _Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    """A package read as a stream: its ``skeleton`` (the package with each attachment's base64
+    replaced by the hex SHA-256 of its bytes; small, for :func:`decode_edxml` with
+    ``claims``) and the attachments written to their sinks, by position."""
+
+    skeleton: bytes
+    attachments: tuple[StreamedAttachment, ...]
+
+    @property
+    def claims(self) -> dict[int, StreamedAttachment]:
+        return {a.index: a for a in self.attachments}
+
+
+def spool_edxml(
+    stream: _Readable,
+    open_sink: Callable[[int], _Sink],
+    *,
+    limits: XmlLimits = STREAM_LIMITS,
+    chunk_size: int = 64 * 1024,
+) -> Spooled:
+    """Read a package of any size once: every attachment's base64 is decoded into
+    ``open_sink(index)`` as it streams by, and the rest is kept as a small skeleton; memory
+    stays at about ``chunk_size`` plus the skeleton, whatever the attachments weigh. Same
+    hardening as :func:`iter_attachments`."""
+    builder = etree.TreeBuilder()
+    done = tuple(_stream(stream, open_sink, limits, chunk_size, builder))
+    root = builder.close()
+    return Spooled(etree.tostring(root, xml_declaration=True, encoding="UTF-8"), done)
 
 
 def iter_attachments(
@@ -2319,8 +2386,18 @@ def iter_attachments(
     would build each element, holding an attachment's whole base64 text at once), under the same
     hardening as :func:`xmlsafe.parse`: no DOCTYPE, no entities, no network, the ``limits``.
     """
+    yield from _stream(stream, open_sink, limits, chunk_size, None)
+
+
+def _stream(
+    stream: _Readable,
+    open_sink: Callable[[int], _Sink],
+    limits: XmlLimits,
+    chunk_size: int,
+    skeleton: etree.TreeBuilder | None,
+) -> Iterator[StreamedAttachment]:
     guard = xmlsafe.StreamGuard(limits)
-    target = _AttachmentTarget(open_sink, guard)
+    target = _AttachmentTarget(open_sink, guard, skeleton)
     parser = xmlsafe.safe_parser(target=target)
     try:
         while chunk := stream.read(chunk_size):
@@ -2341,3 +2418,60 @@ def iter_attachments(
             errors=[FieldError(path, f"line {line}, column {column}: {message}")],
         ) from None
     yield from target.drain()
+
+
+# -- streaming a package out ----------------------------------------------------------------------
+#: Read from a stored file at a time: a multiple of 3, so each piece encodes to base64 without
+#: padding and the pieces join into one valid base64 text.
+_OUT_CHUNK = 3 * 64 * 1024
+
+
+def stored_attachments(envelope: AnyEnvelope) -> list[Attachment]:
+    """The envelope's attachments kept by reference (claim checks: no inline content)."""
+    files: list[Attachment] = getattr(envelope.body, "attachments", [])
+    return [a for a in files if a.content is None]
+
+
+def iter_edxml(
+    envelope: AnyEnvelope, chunks: Callable[[str], Iterable[bytes]]
+) -> Iterator[bytes]:
+    """The package :func:`encode_edxml` writes, with every stored attachment's bytes read
+    from ``chunks(sha256)`` and written as base64 piece by piece, so a package of any size
+    goes out with flat memory. The recipient gets the files themselves, not a reference.
+
+    The package is written with a unique placeholder in each stored attachment's
+    ContentTransferEncoded (valid base64 itself, so the writer's checks hold), then cut at the
+    placeholders."""
+    stored = stored_attachments(envelope)
+    if not stored:
+        yield encode_edxml(envelope)
+        return
+    placeholders: list[tuple[bytes, str]] = []
+    files = []
+    for att in getattr(envelope.body, "attachments", []):
+        if att.content is None:
+            mark = f"LIENTHONGCLAIM{len(placeholders):06d}{att.sha256}"
+            placeholders.append((mark.encode("ascii"), att.sha256))
+            att = att.model_copy(update={"content": mark})
+        files.append(att)
+    body = envelope.body.model_copy(update={"attachments": files})
+    package = encode_edxml(envelope.model_copy(update={"body": body}))
+    for cut, sha256 in placeholders:
+        before, found, package = package.partition(cut)
+        if not found:  # pragma: no cover - the writer always writes the content it is given
+            raise RuntimeError(f"edXML writer dropped the content of attachment {sha256}")
+        yield before
+        yield from _base64_pieces(chunks(sha256))
+    yield package
+
+
+def _base64_pieces(source: Iterable[bytes]) -> Iterator[bytes]:
+    rest = b""
+    for block in source:
+        data = rest + block
+        usable = len(data) - len(data) % 3
+        rest = data[usable:]
+        for start in range(0, usable, _OUT_CHUNK):
+            yield base64.b64encode(data[start:min(start + _OUT_CHUNK, usable)])
+    if rest:
+        yield base64.b64encode(rest)

@@ -580,3 +580,29 @@ async def test_documents_wait_while_the_hub_is_down_and_arrive_once_when_it_is_b
     assert sorted(d.message_id for d in docs) == sorted([before, *sent])  # each exactly once
     assert {d.message_id: d.to for d in docs if d.message_id in sent} == sent
     assert len(hub.queued_for(VPCP)) == 3 and len(hub.queued_for(BNV)) == 2
+
+
+async def test_a_large_file_reaches_the_hub_inside_the_package(
+    make_gateway: GatewayFactory, settings: Settings, peer: HubPeer
+) -> None:
+    """A file streamed into the blob store goes to the hub in the package itself (the hub's
+    protocol takes one package per request), not as a reference the ministry cannot open."""
+    import hashlib
+    import io
+    import os
+
+    from tests.e2e.test_large_attachments import big_package
+
+    gw = await make_gateway(settings=peer.settings(settings))
+    data = os.urandom(3 * 1024 * 1024)
+    response = await gw.client.post(
+        "/api/v1/edxml/messages", data=io.BytesIO(big_package(HUE, G22, data)),
+        headers={**await gw.auth(HUE), "Content-Type": "application/xml"})
+    assert response.status == 202, await response.text()
+    message_id = (await response.json())["id"]
+    await gw.wait_state(message_id, G22, "delivered")
+    [doc] = peer.hub.sent_by(GATEWAY_SYSTEM)
+    package = decode_edxml(doc.body)
+    assert isinstance(package, DocumentEnvelope)
+    assert [(a.size, a.sha256) for a in package.body.attachments] == [
+        (len(data), hashlib.sha256(data).hexdigest())]

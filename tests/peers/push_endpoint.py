@@ -23,6 +23,7 @@ class PushEndpoint:
     requests: Counter[str] = field(default_factory=Counter)  # message id -> requests seen
     headers: dict[str, dict[str, str]] = field(default_factory=dict)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    max_size: int = 1024**2  # aiohttp's default body limit; more for large packages
 
     @property
     def repeats(self) -> int:
@@ -32,7 +33,7 @@ class PushEndpoint:
         self.script.extend(answers)
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=self.max_size)
         app.router.add_post("/receive", self.receive)
         return app
 

@@ -1,0 +1,137 @@
+"""The blob store: attachments too large to travel inline, kept once by their SHA-256.
+
+A claim check (DESIGN.md): a file above the inline limit never goes through RabbitMQ or the
+message table. It is written here once, named by the SHA-256 of its bytes, and the Envelope
+carries only ``size`` and ``sha256``. The same file sent twice, or to a hundred recipients, is
+one file on disk.
+
+Writes are crash-safe: bytes go to a temporary file in the store's own ``tmp`` folder (same
+file system), are flushed and fsynced, and only then renamed to their final name, so a name
+that exists always holds the whole file. A crash leaves at most a temporary file, which
+:meth:`BlobStore.sweep` removes. Reading is by chunks, so memory stays flat whatever the size.
+
+Everything here is blocking file I/O: call it from a worker thread (``asyncio.to_thread``)
+or in small chunks, never with a whole file in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from gateway.errors import NotFound
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+CHUNK = 256 * 1024
+
+
+class BlobSink:
+    """A file being written: ``write`` pieces, then ``commit`` (named by its digest) or
+    ``discard``. Also a context manager that discards what was not committed."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        self._tmp = store.root / "tmp" / f"{uuid.uuid4().hex}.part"
+        self._file: IO[bytes] | None = open(self._tmp, "xb")  # closed by commit or discard
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        assert self._file is not None, "write after commit or discard"
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def commit(self) -> str:
+        """Make the file durable under its digest; returns the digest. A file with the same
+        digest already there is kept (same bytes) and this one dropped."""
+        assert self._file is not None, "commit twice"
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        digest = self.sha256
+        final = self._store.path(digest)
+        if final.exists():
+            self._tmp.unlink(missing_ok=True)
+            return digest
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._tmp, final)
+        return digest
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> BlobSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()  # after commit: nothing left to remove
+
+
+class BlobStore:
+    """Content-addressed files under ``root``: ``root/ab/cd/abcd...`` by SHA-256."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def sink(self) -> BlobSink:
+        return BlobSink(self)
+
+    def path(self, sha256: str) -> Path:
+        if not _SHA256.fullmatch(sha256):
+            raise ValueError(f"not a SHA-256 digest: {sha256[:80]!r}")
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def size(self, sha256: str) -> int:
+        try:
+            return self.path(sha256).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"no stored attachment {sha256}") from None
+
+    def chunks(self, sha256: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        """The file's bytes, a chunk at a time; :class:`NotFound` when it is not stored."""
+        try:
+            handle = open(self.path(sha256), "rb")  # closed below
+        except FileNotFoundError:
+            raise NotFound(f"no stored attachment {sha256}") from None
+        with handle:
+            while block := handle.read(chunk_size):
+                yield block
+
+    def put(self, data: bytes) -> str:
+        """Store small bytes at once (tests, inline files promoted to the store)."""
+        with self.sink() as sink:
+            sink.write(data)
+            return sink.commit()
+
+    def sweep(self, older_than: float = 3600.0) -> int:
+        """Remove temporary files a crash left behind (older than ``older_than`` seconds, so
+        a write in progress is never touched); returns how many."""
+        removed, cutoff = 0, time.time() - older_than
+        for part in (self.root / "tmp").glob("*.part"):
+            try:
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed

@@ -1,0 +1,172 @@
+"""Large files (claim check): an edXML package whose attachment is several megabytes is
+streamed in, its file kept once in the blob store, and streamed out whole to every recipient,
+as edXML (fetched or pushed) or as bytes for JSON systems. Refusals leave no file behind."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import io
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.codecs import decode, decode_edxml, encode_edxml
+from gateway.directory import Directory, WireFormat, with_endpoint
+from gateway.service import build_app
+from gateway.settings import Settings
+from tests.conftest import HUE, PHONG_DIEN, PROVINCE, PUSH_AGENCY, Gateway, document
+from tests.e2e.test_edxml_api import XML, count
+from tests.peers.push_endpoint import PushEndpoint
+
+_ENCODED = re.compile(rb"(<(?:edXML:)?ContentTransferEncoded[^>]*>)[^<]*(</)")
+
+
+def big_package(sender: str, to: str, data: bytes, *, document_id: uuid.UUID | None = None
+                ) -> bytes:
+    """A document package carrying ``data`` as its one attachment, base64 in 76-character
+    lines as document systems write it."""
+    small = b"placeholder"
+    envelope = decode(orjson.dumps(document(sender, [{"agency": to}]) | {"body": {
+        **document(sender, [])["body"],
+        "attachments": [{"name": "Bản vẽ thiết kế.pdf", "media_type": "application/pdf",
+                         "size": len(small), "sha256": hashlib.sha256(small).hexdigest(),
+                         "content": base64.b64encode(small).decode()}],
+    }}))
+    header = envelope.header.model_copy(update={"id": document_id or uuid.uuid4()})
+    package = encode_edxml(envelope.model_copy(update={"header": header}))
+    encoded = base64.encodebytes(data)
+    return _ENCODED.sub(lambda m: m.group(1) + encoded + m.group(2), package)
+
+
+async def post(gw: Gateway, agency: str, body: bytes) -> Any:
+    """A package as a file upload (a stream with its length, as a client sends a file)."""
+    return await gw.client.post("/api/v1/edxml/messages", data=io.BytesIO(body),
+                                headers={**await gw.auth(agency), **XML})
+
+
+def stored_files(settings: Settings) -> list[Path]:
+    return [p for p in settings.blob_dir.rglob("*") if p.is_file() and p.parent.name != "tmp"]
+
+
+async def test_a_large_file_travels_whole_and_is_stored_once(gateway: Gateway) -> None:
+    data = os.urandom(5 * 1024 * 1024)
+    digest = hashlib.sha256(data).hexdigest()
+    body = big_package(HUE, PROVINCE, data)
+    response = await post(gateway, HUE, body)
+    assert response.status == 202, await response.text()
+    message_id = (await response.json())["id"]
+    await gateway.wait_state(message_id, PROVINCE, "delivered")
+    # The message carries a claim check, not the bytes; the file is in the store once.
+    row = await gateway.store.message(message_id)
+    attachment = orjson.loads(row.envelope)["body"]["attachments"][0]
+    assert (attachment["size"], attachment["sha256"], attachment.get("content")) == (
+        len(data), digest, None)
+    assert len(row.envelope) < 10_000
+    assert [p.name for p in stored_files(gateway.settings)] == [digest]
+    # A JSON system downloads the file itself.
+    auth = await gateway.auth(PROVINCE)
+    got = await gateway.client.get(f"/api/v1/messages/{message_id}/attachments/0", headers=auth)
+    assert got.status == 200 and got.headers["Content-Type"] == "application/pdf"
+    assert hashlib.sha256(await got.read()).hexdigest() == digest
+    assert "filename*=UTF-8''B%E1%BA%A3n" in got.headers["Content-Disposition"]
+    missing = await gateway.client.get(f"/api/v1/messages/{message_id}/attachments/1",
+                                       headers=auth)
+    assert missing.status == 404
+    assert (await missing.json())["errors"][0]["pointer"] == "path:n"
+    stranger = await gateway.client.get(f"/api/v1/messages/{message_id}/attachments/0",
+                                        headers=await gateway.auth(PHONG_DIEN))
+    assert stranger.status == 403
+    # A document system fetches the package with the file in it, not a reference.
+    fetched = await gateway.client.get(f"/api/v1/edxml/messages/{message_id}", headers=auth)
+    assert fetched.status == 200
+    back = decode_edxml(await fetched.read())
+    assert [(a.size, a.sha256) for a in back.body.attachments] == [(len(data), digest)]
+    # The same package again is the same message; the same file is still stored once.
+    again = await post(gateway, HUE, body)
+    assert again.status == 202 and (await again.json())["id"] == message_id
+    assert len(stored_files(gateway.settings)) == 1 and await count(gateway) == 1
+
+
+async def test_the_same_document_id_with_another_file_is_a_conflict(gateway: Gateway) -> None:
+    document_id = uuid.uuid4()
+    first = await post(gateway, HUE, big_package(HUE, PROVINCE, os.urandom(2_000_000),
+                                                 document_id=document_id))
+    assert first.status == 202, await first.text()
+    other = await post(gateway, HUE, big_package(HUE, PROVINCE, os.urandom(2_000_000),
+                                                 document_id=document_id))
+    assert other.status == 409, await other.text()
+    assert await count(gateway) == 1
+    assert len(stored_files(gateway.settings)) == 1  # the refused one's file was removed
+
+
+async def test_a_refused_large_package_leaves_nothing(gateway: Gateway) -> None:
+    # From another agency: 403, and neither a message nor a file stays.
+    response = await post(gateway, HUE, big_package(PROVINCE, PHONG_DIEN, os.urandom(3_000_000)))
+    assert response.status == 403
+    assert (await response.json())["errors"][0]["pointer"].endswith("/From/OrganId")
+    # Not well-formed halfway through the file: 400 naming the line.
+    broken = big_package(HUE, PROVINCE, os.urandom(3_000_000)).replace(b"</edXML:edXML>", b"")
+    bad = await post(gateway, HUE, broken)
+    assert bad.status == 400 and "line" in (await bad.json())["detail"]
+    assert await count(gateway) == 0
+    assert stored_files(gateway.settings) == []
+    assert list((gateway.settings.blob_dir / "tmp").iterdir()) == []
+
+
+async def test_a_package_over_the_limit_is_refused(
+    settings: Settings, sample_directory: Directory, aiohttp_client: Any
+) -> None:
+    small = settings.with_(max_package_bytes=2_000_000)
+    gw = Gateway(await aiohttp_client(build_app(small, sample_directory, broker=False)), small,
+                 sample_directory, PushEndpoint(), {})
+    response = await post(gw, HUE, big_package(HUE, PROVINCE, os.urandom(2_000_000)))
+    assert response.status == 413
+    assert "too large" in (await response.json())["detail"]
+    assert await count(gw) == 0 and stored_files(small) == []
+
+
+async def test_a_json_claim_check_to_a_file_it_did_not_bring_is_refused(
+    gateway: Gateway,
+) -> None:
+    """The store is shared and addressed by digest: naming a digest must not be a way to
+    attach (and then download) somebody else's file, or a file that is not there."""
+    data = os.urandom(2_000_000)
+    assert (await post(gateway, HUE, big_package(HUE, PROVINCE, data))).status == 202
+    envelope = document(PHONG_DIEN, [{"agency": PHONG_DIEN}]) | {"body": {
+        **document(PHONG_DIEN, [])["body"],
+        "attachments": [{"name": "x.pdf", "media_type": "application/pdf", "size": len(data),
+                         "sha256": hashlib.sha256(data).hexdigest()}],
+    }}
+    envelope["header"]["to"] = [{"agency": PROVINCE}]
+    response = await gateway.send(PHONG_DIEN, envelope)
+    assert response.status == 422
+    assert (await response.json())["errors"][0]["pointer"] == "/body/attachments/0/content"
+    assert await count(gateway) == 1
+
+
+async def test_an_edxml_agency_gets_the_file_pushed_in_its_package(
+    settings: Settings, sample_directory: Directory, aiohttp_client: Any, aiohttp_server: Any,
+) -> None:
+    endpoint = PushEndpoint(max_size=64 * 1024**2)
+    server = await aiohttp_server(endpoint.app())
+    directory = with_endpoint(sample_directory, PUSH_AGENCY, str(server.make_url("/receive")))
+    agencies = dict(directory.agencies)
+    agencies[PUSH_AGENCY] = dataclasses.replace(agencies[PUSH_AGENCY], format=WireFormat.EDXML)
+    directory = Directory(directory.levels, agencies, directory.children)
+    gw = Gateway(await aiohttp_client(build_app(settings, directory)), settings, directory,
+                 endpoint, {})
+    data = os.urandom(4 * 1024 * 1024)
+    response = await post(gw, HUE, big_package(HUE, PUSH_AGENCY, data))
+    assert response.status == 202, await response.text()
+    message_id = (await response.json())["id"]
+    await gw.wait_state(message_id, PUSH_AGENCY, "delivered")
+    pushed = decode_edxml(endpoint.effects[message_id])
+    assert [(a.size, a.sha256) for a in pushed.body.attachments] == [
+        (len(data), hashlib.sha256(data).hexdigest())]
+    assert endpoint.headers[message_id]["Content-Type"] == "application/xml"
