@@ -3,8 +3,15 @@
 1. UBND tỉnh (000.00.00.H57) sends a directive (chỉ thị) to every district and to Sở TT&TT,
    whose document system takes pushes: the demo serves that endpoint itself, deduplicating by
    ``X-Lienthong-Message-Id`` as any receiver must, and marks what it got as read.
-2. UBND huyện Phong Điền sends a report (báo cáo) up to the province.
+2. UBND huyện Phong Điền's document system sends a report (báo cáo) as edXML to the province
+   and to the Government Office (Văn phòng Chính phủ), which sits behind the central document
+   hub: the hub is a real HTTP server of the project's, and the Government Office's system
+   behind it checks the gateway's signature and answers with status packages 01 (đã đến),
+   03 (đã tiếp nhận) and 04 (phân công), which come back through the hub to Phong Điền.
 3. The province answers the report with status 03 (đã tiếp nhận, accepted).
+4. Sở KH&ĐT consumes its own RabbitMQ queue as its own RabbitMQ user (AMQP-native).
+5. Dossiers (hồ sơ liên thông) between communes, districts and the province
+   (:mod:`gateway.demo_dossiers`), then the statistics, recomputed from the raw events.
 Every pull agency reads its inbox (hộp thư đến) and acknowledges; the demo waits until each
 recipient shows ``read`` and prints what was sent, delivered and read. Exit 0 only if all were.
 
@@ -271,18 +278,26 @@ class CentralAgencySystem:
                 self.signatures.append(outcome.reason.value)
                 document = decode_edxml(package)
                 await client.update_status(doc.doc_id, "done")
-                status = StatusEnvelope(
-                    kind="status",
-                    header=Header(sender=VPCP, to=[AgencyAddress(agency=doc.sender)]),
-                    body=StatusBody(about=document.header.id or uuid.uuid4(),
-                                    code=StatusCode.ACCEPTED, at=datetime.now(UTC),
-                                    by="Văn thư Văn phòng Chính phủ",
-                                    comment="Đã tiếp nhận văn bản"),
-                )
-                await client.send_edoc(encode_edxml(status), message_type="status",
-                                       message_id=str(uuid.uuid4()))
+                # As a document system answers over the day: arrived, accepted, assigned.
+                for code, by, comment in _VPCP_ANSWERS:
+                    status = StatusEnvelope(
+                        kind="status",
+                        header=Header(sender=VPCP, to=[AgencyAddress(agency=doc.sender)]),
+                        body=StatusBody(about=document.header.id or uuid.uuid4(), code=code,
+                                        at=datetime.now(UTC), by=by, comment=comment),
+                    )
+                    await client.send_edoc(encode_edxml(status), message_type="status",
+                                           message_id=str(uuid.uuid4()))
                 self.answered.append(doc.doc_id)
             await asyncio.sleep(0.3)
+
+
+#: The status packages the Government Office's system sends back through the hub.
+_VPCP_ANSWERS = (
+    (StatusCode.RECEIVED, "Văn thư Văn phòng Chính phủ", "Văn bản đã đến"),
+    (StatusCode.ACCEPTED, "Văn thư Văn phòng Chính phủ", "Đã tiếp nhận văn bản"),
+    (StatusCode.ASSIGNED, "Lãnh đạo Văn phòng", "Phân công Vụ Địa phương xử lý"),
+)
 
 
 async def _consume_amqp(settings: Settings, directory: Directory, topology: topo.Topology,
@@ -358,7 +373,8 @@ async def _scenario(settings: Settings, directory: Directory, receiver: PushRece
             "body": {"about": report["id"], "code": "03", "at": _now_iso(),
                      "by": "Văn thư UBND tỉnh", "comment": "Đã tiếp nhận báo cáo"},
         }, key="demo-status-212")
-        await reporter.read_inbox(2)  # the province's status and the Government Office's
+        # The province's status and the Government Office's three.
+        await reporter.read_inbox(1 + len(_VPCP_ANSWERS))
         amqp_got, amqp_problem = await amqp
 
         sent = [("Chỉ thị 15/CT-UBND", province, directive),
@@ -383,7 +399,12 @@ async def _scenario(settings: Settings, directory: Directory, receiver: PushRece
     ]
     _print_table(rows, directory)
     messages_ok = all(row[4] == _goal(directory, row[2]) for row in rows)
-    hub_ok = len(from_hub) == 1 and vpcp.signatures == ["valid"]
+    answered_codes = sorted(i["envelope"]["body"]["code"] for i in from_hub)
+    report_view = views[1]
+    furthest = {r["agency"]: r.get("status", {}).get("code") for r in report_view["recipients"]}
+    hub_ok = (answered_codes == sorted(c.value for c, _, _ in _VPCP_ANSWERS)
+              and furthest.get(VPCP) == StatusCode.ASSIGNED.value
+              and vpcp.signatures == ["valid"])
     amqp_ok = amqp_problem is None and amqp_got == [directive["id"]]
     sys.stdout.write(
         f"\n{len(sent)} messages, {len(rows)} deliveries: "
@@ -391,8 +412,9 @@ async def _scenario(settings: Settings, directory: Directory, receiver: PushRece
         f"{sum(r[4] == 'read' for r in rows)} read; push endpoint absorbed "
         f"{receiver.repeats} repeat(s)\n"
         f"central hub: Văn phòng Chính phủ got the edXML report (gateway signature: "
-        f"{', '.join(vpcp.signatures) or 'none'}) and its status 03 came back to Phong Điền "
-        f"({len(from_hub)} received)\n"
+        f"{', '.join(vpcp.signatures) or 'none'}) and its statuses "
+        f"{', '.join(answered_codes) or 'none'} came back to Phong Điền; the report now shows "
+        f"{furthest.get(VPCP) or 'no status'} for the Government Office\n"
         f"AMQP: Sở KH&ĐT consumed {len(amqp_got)} message(s) from its own queue as its own "
         f"RabbitMQ user{'' if amqp_problem is None else ': ' + amqp_problem}\n\n"
     )

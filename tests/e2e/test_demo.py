@@ -17,6 +17,7 @@ async def test_demo_runs_and_every_check_passes(
     assert code == 0, out
     assert "OK: every message delivered and read, every dossier where it should be" in out
     assert "gateway signature: valid" in out
+    assert "statuses 01, 03, 04 came back" in out and "shows 04 for the Government" in out
     assert "consumed 1 message(s) from its own queue" in out
     assert "stats verify: OK" in out
     assert out.count("completed") >= 5 and "late" in out
