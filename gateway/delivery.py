@@ -206,8 +206,12 @@ def streamed_edxml(canonical: bytes, blobs: BlobStore) -> AsyncIterator[bytes] |
     Not signed: XML-DSig's enveloped signature digests the whole document, which this path
     never holds (the README says so)."""
     envelope = decode(canonical)
-    if not stored_attachments(envelope):
+    stored = stored_attachments(envelope)
+    if not stored:
         return None
+    missing = [a.sha256 for a in stored if not blobs.exists(a.sha256)]
+    if missing:  # checked before the first byte goes out: a clear reason, not a broken push
+        raise PermanentFailure(f"stored file(s) missing from the blob store: {', '.join(missing)}")
     pieces = iter_edxml(envelope, blobs.chunks)
 
     async def body() -> AsyncIterator[bytes]:

@@ -170,3 +170,27 @@ async def test_an_edxml_agency_gets_the_file_pushed_in_its_package(
     assert [(a.size, a.sha256) for a in pushed.body.attachments] == [
         (len(data), hashlib.sha256(data).hexdigest())]
     assert endpoint.headers[message_id]["Content-Type"] == "application/xml"
+
+
+async def test_a_push_whose_stored_file_is_gone_fails_with_the_reason(
+    make_gateway: Any, sample_directory: Directory
+) -> None:
+    """A file lost from the store (a restore without the blob folder) is a permanent failure
+    naming the file, found before the first byte goes out, not a half-sent package."""
+    agencies = dict(sample_directory.agencies)
+    agencies[PUSH_AGENCY] = dataclasses.replace(agencies[PUSH_AGENCY], format=WireFormat.EDXML)
+    directory = Directory(sample_directory.levels, agencies, sample_directory.children)
+    first = await make_gateway(directory=directory, workers=False)
+    data = os.urandom(2_000_000)
+    response = await post(first, HUE, big_package(HUE, PUSH_AGENCY, data))
+    assert response.status == 202, await response.text()
+    message_id = (await response.json())["id"]
+    [stored] = stored_files(first.settings)
+    stored.unlink()
+    later = await make_gateway(directory=directory)
+    await later.wait_state(message_id, PUSH_AGENCY, "failed")
+    row = await later.store.message(message_id)
+    [recipient] = [r for r in row.recipients if r.agency == PUSH_AGENCY]
+    assert recipient.last_error is not None and "missing from the blob store" in (
+        recipient.last_error)
+    assert hashlib.sha256(data).hexdigest() in recipient.last_error
