@@ -24,6 +24,8 @@ from pydantic import (
     StringConstraints,
     Tag,
     TypeAdapter,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -230,13 +232,16 @@ class StatusBody(_Model):
     code: StatusCode
     at: Instant
     by: ShortText | None = Field(default=None, description="The person who acted (cán bộ)")
-    comment: LongText | None = None
+    # Checked even when absent, so that a missing reason is reported at /body/comment.
+    comment: LongText | None = Field(default=None, validate_default=True)
 
-    @model_validator(mode="after")
-    def _reason_for_rejection(self) -> StatusBody:
-        if self.code in {StatusCode.REJECTED, StatusCode.RECALL_REFUSED} and not self.comment:
-            raise ValueError(f"status {self.code.value} needs a comment giving the reason")
-        return self
+    @field_validator("comment")
+    @classmethod
+    def _reason_for_rejection(cls, comment: str | None, info: ValidationInfo) -> str | None:
+        code = info.data.get("code")  # absent when the code itself was invalid
+        if code in {StatusCode.REJECTED, StatusCode.RECALL_REFUSED} and not comment:
+            raise ValueError(f"status {code.value} needs a comment giving the reason")
+        return comment
 
 
 class DossierStatus(enum.IntEnum):

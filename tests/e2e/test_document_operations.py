@@ -211,10 +211,8 @@ async def test_update_collects_answers_per_recipient(gateway: Gateway) -> None:
     # Huế agrees, naming the update; Phong Điền refuses, naming the document as edXML does,
     # first without a reason (refused: nothing recorded), then with one.
     await accepted(gateway, HUE, status(HUE, PROVINCE, update, "15"))
-    # (The schema checks the reason on the whole status body, so the pointer is /body; the
-    # problem names the missing comment.)
     problem = await refused(gateway, PHONG_DIEN, status(PHONG_DIEN, PROVINCE, original, "16"),
-                            422, "/body")
+                            422, "/body/comment")
     assert "16 needs a comment giving the reason" in problem["errors"][0]["detail"], problem
     assert "answer" not in recipient(await view(gateway, PROVINCE, update), PHONG_DIEN)
     await accepted(gateway, PHONG_DIEN, status(PHONG_DIEN, PROVINCE, original, "16",

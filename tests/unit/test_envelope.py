@@ -341,7 +341,7 @@ def test_body_of_the_other_kind_is_rejected() -> None:
 @pytest.mark.parametrize("code", [StatusCode.REJECTED.value, StatusCode.RECALL_REFUSED.value])
 def test_refusing_status_needs_a_comment(code: str) -> None:
     exc = _violation(_status(code))
-    assert _pointers(exc) == ["/body"]
+    assert _pointers(exc) == ["/body/comment"]
     assert "comment" in exc.errors[0].detail
     with pytest.raises(SchemaViolation):
         decode_obj(_status(code, comment="   "))  # whitespace only is no reason
