@@ -19,6 +19,12 @@ queue is full: ``x-max-length`` with ``reject-publish``) is :class:`RetryLater`,
 goes through the retry tiers and, past the limits, to the dead letters; while the broker itself
 is away the :class:`Unavailable` passes through and the worker puts the message back.
 
+As an adapter (:data:`ADAPTER`): mode ``amqp`` with :class:`AmqpTransport`, no routes. Its
+codec is the canonical JSON envelope (:data:`CANONICAL`, ``schemas/envelope.schema.json``),
+what an agency with the default ``format: json`` consumes; one with ``format: edxml`` gets the
+edXML codec's package instead (:data:`CODECS` by format; :func:`gateway.delivery.wire_body`
+writes the body).
+
 The agency acknowledges to the broker, not to the gateway: ``delivered`` here means "in the
 agency's queue". What the agency's consumer refuses (``reject``/``nack`` without requeue) or
 keeps failing on reaches the gateway's dead letters with RabbitMQ's ``x-death`` reason.
@@ -67,15 +73,22 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import aio_pika
+import aiohttp
 import aiormq
 import orjson
 import structlog
+from aiohttp import web
 
+from adapters.base import Adapter, Codec
+from adapters.document_management import EDXML
+from gateway.api.keys import BROKER
 from gateway.broker import Broker, Outgoing
+from gateway.codecs import decode, encode
 from gateway.delivery import H_ATTEMPT, H_RECIPIENT, H_SENDER, Delivery, wire_body
-from gateway.directory import Agency, DeliveryMode, Directory
-from gateway.envelope import AGENCY_CODE_RE
+from gateway.directory import Agency, DeliveryMode, Directory, WireFormat
+from gateway.envelope import AGENCY_CODE_RE, AnyEnvelope
 from gateway.errors import PermanentFailure, RetryLater, Unavailable, UnprocessableRequest
+from gateway.signing import SIGNER
 from gateway.topology import Topology
 
 log = structlog.get_logger(__name__)
@@ -146,6 +159,31 @@ class AmqpTransport:
                 f"{topology.agency_queue(agency.code)} did not take the message (a full queue "
                 f"nacks it, a missing one returns it): {exc.detail}"
             ) from exc
+
+
+def amqp_transport(app: web.Application, _http: aiohttp.ClientSession) -> AmqpTransport:
+    """The delivery worker's transport for mode ``amqp``, on the gateway's own broker."""
+    return AmqpTransport(app[BROKER], sign=app[SIGNER].sign if SIGNER in app else None)
+
+
+class CanonicalCodec:
+    """The gateway's canonical JSON envelope, as an AMQP-native agency consumes it."""
+
+    media_type = "application/json"
+
+    def decode(self, data: bytes) -> AnyEnvelope:
+        return decode(data)
+
+    def encode(self, envelope: AnyEnvelope) -> bytes:
+        return encode(envelope)
+
+
+CANONICAL = CanonicalCodec()
+#: The body an agency's consumer gets, by its directory entry's ``format``.
+CODECS: Mapping[WireFormat, Codec] = {WireFormat.JSON: CANONICAL, WireFormat.EDXML: EDXML}
+
+ADAPTER = Adapter(name="amqp_native", codec=CANONICAL, mode=DeliveryMode.AMQP,
+                  transport=amqp_transport)
 
 
 # -- access: pure values ----------------------------------------------------------------------

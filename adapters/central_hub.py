@@ -35,6 +35,9 @@ explained in ``docs/central-hub.md``. Three parts:
     package's bytes (the
     idempotency key is ``hub:`` + their SHA-256) and by its message id, so a package fetched
     again (a lost ``done``, or several gateway processes polling at once) is one message.
+
+As an adapter (:data:`ADAPTER`): the edXML codec, mode ``hub`` with :class:`HubTransport`
+(when ``LIENTHONG_HUB_URL`` is set) and the poller as its background task; no routes of ours.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
+from adapters.base import Adapter
+from adapters.document_management import EDXML
 from gateway.api.keys import BLOBS, DIRECTORY, SETTINGS, STORE
 from gateway.blobs import BlobStore
 from gateway.codecs import decode, decode_edxml, encode_edxml, xmlsafe
@@ -66,7 +71,7 @@ from gateway.codecs.edxml import (
     iter_edxml,
     stored_attachments,
 )
-from gateway.delivery import Delivery, Transport, parse_retry_after
+from gateway.delivery import Delivery, parse_retry_after
 from gateway.directory import Agency, DeliveryMode
 from gateway.envelope import (
     AgencyAddress,
@@ -392,17 +397,14 @@ class HubTransport:
         return answering(status, document_id(original))
 
 
-def hub_transports(app: web.Application, http: aiohttp.ClientSession) -> dict[
-    DeliveryMode, Transport
-]:
-    """The delivery worker's transport for mode ``hub``, when a hub is configured."""
+def hub_transport(app: web.Application, http: aiohttp.ClientSession) -> HubTransport | None:
+    """The delivery worker's transport for mode ``hub``; None when no hub is configured."""
     settings = app[SETTINGS]
     if not settings.hub_url:
-        return {}
+        return None
     client = HubClient.from_settings(settings, http)
     sign = app[SIGNER].sign if SIGNER in app else None
-    return {DeliveryMode.HUB: HubTransport(client, app[STORE], sign=sign,
-                                           blobs=app.get(BLOBS))}
+    return HubTransport(client, app[STORE], sign=sign, blobs=app.get(BLOBS))
 
 
 # -- inbound ----------------------------------------------------------------------------------
@@ -615,3 +617,8 @@ async def hub_poller_ctx(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+#: Outbound: mode ``hub`` with LIENTHONG_HUB_URL; inbound: the poller. Both speak edXML.
+ADAPTER = Adapter(name="central_hub", codec=EDXML, mode=DeliveryMode.HUB,
+                  transport=hub_transport, background=hub_poller_ctx)

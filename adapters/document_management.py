@@ -19,6 +19,12 @@
 Agencies whose directory entry says ``format: edxml`` get their pushes as edXML too, signed the
 same way (:func:`gateway.delivery.wire_body`).
 
+As an adapter (:data:`ADAPTER`, :mod:`adapters.base`) this one is ingress and fetch only: the
+edXML codec and the routes above, no transport. Pushes, edXML or JSON, are the core's
+:class:`~gateway.delivery.HttpPush`: the worker picks a transport by delivery mode, and one
+``push`` endpoint takes either format (the directory entry's ``format``), so an edXML push
+transport here would have to serve JSON pushes too, or split a mode the directory keeps whole.
+
 Large files (claim check). A package over :data:`STREAM_ABOVE` bytes is never read into
 memory: it is spooled to disk as it arrives (up to ``LIENTHONG_MAX_PACKAGE_BYTES``), then read
 once by :func:`gateway.codecs.edxml.spool_edxml`, which decodes each attachment's base64 piece
@@ -42,7 +48,8 @@ from typing import IO, Any
 import orjson
 from aiohttp import web
 
-from gateway import signing  # a module: gateway.signing imports the API, which imports us
+from adapters.base import Adapter
+from gateway import signing  # a module: SIGNER, edxml_check and sign_outgoing
 from gateway.api.keys import AGENCY, BLOBS, SETTINGS
 from gateway.api.routes import inbox_page, ingest, visible_message
 from gateway.blobs import BlobSink, BlobStore
@@ -225,3 +232,6 @@ async def get_edxml_inbox(request: web.Request) -> web.Response:
     """The calling agency's inbox as links to edXML packages, oldest first, paged by
     ``after`` (the last ``seq`` seen), with the rules of ``GET /api/v1/inbox``."""
     return await inbox_page(request, _inbox_item)
+
+
+ADAPTER = Adapter(name="document_management", codec=EDXML, routes=routes)

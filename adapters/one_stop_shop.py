@@ -13,6 +13,8 @@ Three parts:
 * :class:`PortalTransport`: delivery to agencies with ``delivery: {mode: portal}``: each dossier
   message becomes a progress update (CapNhatTienDoHoSoMC) POSTed to the portal's endpoint.
 
+:data:`ADAPTER` puts the three together for the process (:mod:`adapters.base`).
+
 The dossier JSON
 ----------------
 Modelled on the national portal's DongBoHoSoMC (đồng bộ hồ sơ một cửa) and CapNhatTienDoHoSoMC
@@ -141,11 +143,12 @@ import orjson
 import pydantic
 from aiohttp import web
 
-from gateway.api.keys import AGENCY, DIRECTORY
+from adapters.base import Adapter
+from gateway.api.keys import AGENCY, DIRECTORY, SETTINGS
 from gateway.api.routes import ingest, visible_message
 from gateway.codecs import decode
 from gateway.delivery import Delivery, parse_retry_after
-from gateway.directory import Agency, Directory
+from gateway.directory import Agency, DeliveryMode, Directory
 from gateway.envelope import (
     ADDRESS_TAGS,
     DOSSIER_CODE_RE,
@@ -170,6 +173,7 @@ from gateway.errors import (
 from gateway.ingress import AuditNote, Check
 
 __all__ = [
+    "ADAPTER",
     "MOTCUA",
     "PROGRESS_MEDIA_TYPE",
     "STATUS_TEXT",
@@ -185,6 +189,7 @@ __all__ = [
     "portal_date",
     "portal_obj",
     "portal_signature",
+    "portal_transport",
     "progress_update",
     "routes",
 ]
@@ -909,6 +914,13 @@ class PortalTransport:
         classify_answer(agency.code, status, answer, retry_after)
 
 
+def portal_transport(app: web.Application, http: aiohttp.ClientSession) -> PortalTransport:
+    """The delivery worker's transport for mode ``portal`` (built even without
+    LIENTHONG_PORTAL_SECRET: each update then fails, naming the setting)."""
+    settings = app[SETTINGS]
+    return PortalTransport(http, secret=settings.portal_secret, timeout=settings.push_timeout)
+
+
 def classify_answer(portal: str, status: int, answer: bytes, retry_after: str | None) -> None:
     """Map the portal's answer onto the error tree; return if the update was applied."""
     reason = _reason(answer)
@@ -948,3 +960,6 @@ def _refusal(answer: bytes) -> str | None:
         return None
     return f"error_code {data['error_code']}{_reason(answer)}"
 
+
+ADAPTER = Adapter(name="one_stop_shop", codec=MOTCUA, mode=DeliveryMode.PORTAL,
+                  transport=portal_transport, routes=routes)

@@ -17,9 +17,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from adapters.amqp_native import AmqpTransport
-from adapters.central_hub import hub_poller_ctx, hub_transports
-from adapters.one_stop_shop import PortalTransport
+from adapters import ADAPTERS
 from gateway import scheduler as dossier_scheduler
 from gateway import topology as topo
 from gateway.api import create_app
@@ -37,7 +35,7 @@ from gateway.blobs import BlobStore
 from gateway.broker import Broker
 from gateway.calendar import load_calendar
 from gateway.deadletters import DeadLetterKeeper
-from gateway.delivery import DeliveryWorker
+from gateway.delivery import DeliveryWorker, Transport
 from gateway.directory import DeliveryMode, Directory, load_directory
 from gateway.relay import OutboxRelay
 from gateway.settings import Settings
@@ -81,8 +79,9 @@ def build_app(
             app.cleanup_ctx.append(_workers_ctx)
         if keeper:
             app.cleanup_ctx.append(_keeper_ctx)
-        if settings.hub_url:  # the central hub's inbound side (outbound: _workers_ctx)
-            app.cleanup_ctx.append(hub_poller_ctx)
+        for adapter in ADAPTERS:  # the hub poller (it idles without LIENTHONG_HUB_URL)
+            if adapter.background is not None:
+                app.cleanup_ctx.append(adapter.background)
     return app
 
 
@@ -127,16 +126,19 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     timeout = aiohttp.ClientTimeout(total=settings.push_timeout)
     async with aiohttp.ClientSession(timeout=timeout) as http:
+        # Each adapter's transport for its mode, if configured (mode hub only with
+        # LIENTHONG_HUB_URL; without it the worker dead-letters those messages, "no hub
+        # transport is configured"). Modes push and pull are the worker's own.
+        transports: dict[DeliveryMode, Transport] = {}
+        for adapter in ADAPTERS:
+            if adapter.mode is not None and adapter.transport is not None:
+                transport = adapter.transport(app, http)
+                if transport is not None:
+                    transports[adapter.mode] = transport
         worker = DeliveryWorker(
             store=app[STORE], broker=app[BROKER], directory=app[DIRECTORY],
             settings=settings, http=http, relay=app[RELAY], blobs=app[BLOBS],
-            # Mode hub only with LIENTHONG_HUB_URL; without it the worker dead-letters
-            # those messages ("no hub transport is configured").
-            transports={DeliveryMode.AMQP: AmqpTransport(
-                            app[BROKER], sign=app[SIGNER].sign if SIGNER in app else None),
-                        DeliveryMode.PORTAL: PortalTransport(
-                            http, secret=settings.portal_secret, timeout=settings.push_timeout),
-                        **hub_transports(app, http)},
+            transports=transports,
             sign=app[SIGNER].sign if SIGNER in app else None,  # edXML pushes, our key
         )
         await worker.start()

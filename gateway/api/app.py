@@ -1,10 +1,10 @@
-"""The aiohttp application: middlewares and routes; resources come from ``gateway.service``."""
+"""The aiohttp application: middlewares and routes (the core's, then each adapter's);
+resources come from ``gateway.service``."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from adapters.document_management import routes as edxml_routes
 from gateway.api.auth import auth_middleware
 from gateway.api.dossiers import routes as dossier_routes
 from gateway.api.keys import SETTINGS
@@ -25,10 +25,11 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(ops_routes)
     app.add_routes(dossier_routes)
     app.add_routes(stats_routes)
-    app.add_routes(edxml_routes)
-    # Imported here: the adapter builds on gateway.api.routes, so importing it at the top
-    # would make `import adapters.one_stop_shop` (before gateway.api) a circular import.
-    from adapters.one_stop_shop import routes as motcua_routes
+    # Imported here: the adapters build on gateway.api.routes, so importing them at the top
+    # would make `import adapters` (before gateway.api) a circular import.
+    from adapters import ADAPTERS
 
-    app.add_routes(motcua_routes)
+    for adapter in ADAPTERS:
+        if adapter.routes is not None:
+            app.add_routes(adapter.routes)
     return app
