@@ -288,14 +288,24 @@ class Complex:
     write: tuple[tuple[str, str, str, bool, bool, Complex | None], ...] = field(
         init=False, repr=False, compare=False, hash=False
     )
+    #: The text leaves that may appear once, by Clark tag: their name (most of the children,
+    #: the walk's short path; every other child is in ``walk``).
+    plain: dict[str, str] = field(init=False, repr=False, compare=False, hash=False)
+    #: The element children (name, many, spec): the only keys of a walked node whose value
+    #: is an object or a list of objects (what :func:`_prune` visits).
+    nested: tuple[tuple[str, bool, Complex], ...] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         walk: dict[str, tuple[str, int, bool, Any]] = {}
         write: list[tuple[str, str, str, bool, bool, Complex | None]] = []
+        nested: list[tuple[str, bool, Complex]] = []
         for c in self.children:
             spec = c.spec
             if isinstance(spec, Complex):
                 walk[f"{{{NS}}}{c.name}"] = (c.name, _COMPLEX, c.many, spec)
+                nested.append((c.name, c.many, spec))
             elif isinstance(spec, AnyContent):
                 walk[f"{{{NS}}}{c.name}"] = (c.name, _ANY, c.many, None)
             elif spec.type == "xs:base64Binary":
@@ -310,6 +320,10 @@ class Complex:
                 write.append((c.name, start, end, sub is None, c.many, sub))
         object.__setattr__(self, "walk", walk)
         object.__setattr__(self, "write", tuple(write))
+        object.__setattr__(self, "nested", tuple(nested))
+        plain = {tag: name for tag, (name, mode, many, _) in walk.items()
+                 if mode == _TEXT and not many}
+        object.__setattr__(self, "plain", plain)
 
 
 TEXT = Leaf()
@@ -714,14 +728,23 @@ class _Walk:
             if not _fine_attributes(attrs, spec):
                 suspicious = True
         strays: list[etree._Element] | None = None
-        table = spec.walk
+        table, plain = spec.walk, spec.plain
         for child in el:
-            entry = table.get(child.tag)
+            tag = child.tag
             tail = child.tail
             if tail is not None and not (tail.isascii() and tail.isspace()):
                 suspicious = True
+            name = plain.get(tag)
+            if name is not None:  # a text leaf that may appear once: the usual child
+                text = child.text
+                if len(child) or child.keys():
+                    suspicious = True  # a leaf has neither children nor attributes
+                if name in node:
+                    raise _violation(child, f"element {name} may appear only once here")
+                node[name] = text.strip() if text is not None else ""
+                continue
+            entry = table.get(tag)
             if entry is None:
-                tag = child.tag
                 if not isinstance(tag, str):
                     continue
                 ns, _, name = tag[1:].partition("}") if tag[:1] == "{" else ("", "", tag)
@@ -807,26 +830,30 @@ def _canonical_fragment(element: etree._Element) -> str:
     return etree.tostring(copy(element, None), encoding="unicode")
 
 
-def _prune(node: dict[str, Any]) -> bool:
+def _prune(node: dict[str, Any], spec: Complex) -> bool:
     """Make a walked node the residual once the decoder took what it maps: drop the objects
     left empty, in place (a list of objects stays whole while any of them has content, so it
-    stays aligned with the envelope's list). True when anything is left."""
-    dead: list[str] | None = None
-    for key, value in node.items():
-        kind = type(value)
-        if kind is dict:
-            if not (value and _prune(value)):
-                dead = [key] if dead is None else [*dead, key]
-        elif kind is list and value and type(value[0]) is dict:
+    stays aligned with the envelope's list). True when anything is left.
+
+    Only the keys that can hold objects are looked at: ``spec``'s element children (a walked
+    node's other values are leaf texts, lists of texts, ``"#"`` fragments and the ``"!"``
+    mark) and ``"@"``, its attributes (dropped when the decoder emptied them)."""
+    for name, many, sub in spec.nested:
+        value = node.get(name)
+        if value is None:
+            continue
+        if many:  # a list of objects (never empty once walked; an empty one stays as it is)
             kept = False
             for item in value:
-                if item and _prune(item):
+                if item and _prune(item, sub):
                     kept = True
-            if not kept:
-                dead = [key] if dead is None else [*dead, key]
-    if dead is not None:
-        for key in dead:
-            del node[key]
+            if not kept and value:
+                del node[name]
+        elif not (value and _prune(value, sub)):
+            del node[name]
+    attrs = node.get("@")
+    if attrs is not None and not attrs:
+        del node["@"]
     return bool(node)
 
 
@@ -1265,7 +1292,7 @@ class _Decoder:
             self.apply_extension(obj, ext, ext_el)
         self.drop_defaults(obj)
         package = self.package
-        carry = _carry_text(package) if _prune(package) else ""
+        carry = _carry_text(package) if _prune(package, PACKAGE) else ""
         if kind is DocumentEnvelope:
             obj["body"]["extra"].update(_carry_extra(carry))
         elif carry:
