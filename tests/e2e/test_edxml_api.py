@@ -91,17 +91,29 @@ async def test_broken_and_hostile_xml_is_refused_with_where(gateway: Gateway) ->
     assert await count(gateway) == 0
 
 
+def speaking_edxml(directory: Directory, code: str) -> Directory:
+    """The directory with ``code``'s entry saying ``format: edxml``."""
+    agencies = dict(directory.agencies)
+    agencies[code] = dataclasses.replace(agencies[code], format=WireFormat.EDXML)
+    return Directory(directory.levels, agencies, directory.children)
+
+
+async def edxml_push_gateway(settings: Settings, directory: Directory, endpoint: PushEndpoint,
+                             aiohttp_client: Any, aiohttp_server: Any) -> Gateway:
+    """A gateway whose push agency takes edXML at ``endpoint``, served for the test."""
+    server = await aiohttp_server(endpoint.app())
+    directory = speaking_edxml(
+        with_endpoint(directory, PUSH_AGENCY, str(server.make_url("/receive"))), PUSH_AGENCY)
+    return Gateway(await aiohttp_client(build_app(settings, directory)), settings, directory,
+                   endpoint, {})
+
+
 async def test_an_edxml_agency_gets_its_pushes_as_edxml(
     settings: Settings, sample_directory: Directory, aiohttp_client: Any, aiohttp_server: Any,
 ) -> None:
     endpoint = PushEndpoint()
-    server = await aiohttp_server(endpoint.app())
-    directory = with_endpoint(sample_directory, PUSH_AGENCY, str(server.make_url("/receive")))
-    agencies = dict(directory.agencies)
-    agencies[PUSH_AGENCY] = dataclasses.replace(agencies[PUSH_AGENCY], format=WireFormat.EDXML)
-    directory = Directory(directory.levels, agencies, directory.children)
-    gw = Gateway(await aiohttp_client(build_app(settings, directory)), settings, directory,
-                 endpoint, {})
+    gw = await edxml_push_gateway(settings, sample_directory, endpoint, aiohttp_client,
+                                  aiohttp_server)
     response = await gw.send(PROVINCE, document(PROVINCE, [{"agency": PUSH_AGENCY}]))
     message_id = (await response.json())["id"]
     await gw.wait_state(message_id, PUSH_AGENCY, "delivered")

@@ -5,7 +5,6 @@ as edXML (fetched or pushed) or as bytes for JSON systems. Refusals leave no fil
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import io
 import os
@@ -17,11 +16,11 @@ from typing import Any
 import orjson
 
 from gateway.codecs import decode, decode_edxml, encode_edxml
-from gateway.directory import Directory, WireFormat, with_endpoint
+from gateway.directory import Directory
 from gateway.service import build_app
 from gateway.settings import Settings
 from tests.conftest import HUE, PHONG_DIEN, PROVINCE, PUSH_AGENCY, Gateway, document
-from tests.e2e.test_edxml_api import XML, count
+from tests.e2e.test_edxml_api import XML, count, edxml_push_gateway, speaking_edxml
 from tests.peers.push_endpoint import PushEndpoint
 
 _ENCODED = re.compile(rb"(<(?:edXML:)?ContentTransferEncoded[^>]*>)[^<]*(</)")
@@ -154,13 +153,8 @@ async def test_an_edxml_agency_gets_the_file_pushed_in_its_package(
     settings: Settings, sample_directory: Directory, aiohttp_client: Any, aiohttp_server: Any,
 ) -> None:
     endpoint = PushEndpoint(max_size=64 * 1024**2)
-    server = await aiohttp_server(endpoint.app())
-    directory = with_endpoint(sample_directory, PUSH_AGENCY, str(server.make_url("/receive")))
-    agencies = dict(directory.agencies)
-    agencies[PUSH_AGENCY] = dataclasses.replace(agencies[PUSH_AGENCY], format=WireFormat.EDXML)
-    directory = Directory(directory.levels, agencies, directory.children)
-    gw = Gateway(await aiohttp_client(build_app(settings, directory)), settings, directory,
-                 endpoint, {})
+    gw = await edxml_push_gateway(settings, sample_directory, endpoint, aiohttp_client,
+                                  aiohttp_server)
     data = os.urandom(4 * 1024 * 1024)
     response = await post(gw, HUE, big_package(HUE, PUSH_AGENCY, data))
     assert response.status == 202, await response.text()
@@ -177,9 +171,7 @@ async def test_a_push_whose_stored_file_is_gone_fails_with_the_reason(
 ) -> None:
     """A file lost from the store (a restore without the blob folder) is a permanent failure
     naming the file, found before the first byte goes out, not a half-sent package."""
-    agencies = dict(sample_directory.agencies)
-    agencies[PUSH_AGENCY] = dataclasses.replace(agencies[PUSH_AGENCY], format=WireFormat.EDXML)
-    directory = Directory(sample_directory.levels, agencies, sample_directory.children)
+    directory = speaking_edxml(sample_directory, PUSH_AGENCY)
     first = await make_gateway(directory=directory, workers=False)
     data = os.urandom(2_000_000)
     response = await post(first, HUE, big_package(HUE, PUSH_AGENCY, data))
