@@ -453,7 +453,8 @@ def cmd_hub_agencies(settings: Settings, args: argparse.Namespace) -> int:
 _STATS_HEADINGS = {
     "received": "recv", "handed_over": "sent", "accepted": "acc", "returned": "ret",
     "completed_early": "early", "completed_on_time": "ontime", "completed_late": "late",
-    "in_progress_on_time": "prog", "in_progress_overdue": "overdue", "apologies": "apology",
+    "withdrawn": "wdrawn", "in_progress_on_time": "prog", "in_progress_overdue": "overdue",
+    "apologies": "apology",
     "steps_ended": "steps", "avg_working_days_per_step": "days",
 }
 

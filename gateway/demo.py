@@ -463,17 +463,19 @@ def _print_dossiers(outcomes: Sequence[demo_dossiers.Outcome]) -> None:
 
 def _print_stats(report: Any, directory: Directory) -> None:
     header = ("agency", "period", "recv", "sent", "acc", "ret", "early", "ontime", "late",
-              "prog", "overdue", "apology", "days/step")
+              "wdrawn", "prog", "overdue", "apology", "days/step")
     shown = [
         (f"{r['agency']} {directory.agencies[r['agency']].name[:22]}", r["period"],
          *(str(r[k]) for k in ("received", "handed_over", "accepted", "returned",
                                "completed_early", "completed_on_time", "completed_late",
-                               "in_progress_on_time", "in_progress_overdue", "apologies")),
+                               "withdrawn", "in_progress_on_time", "in_progress_overdue",
+                               "apologies")),
          "-" if r["avg_working_days_per_step"] is None else str(r["avg_working_days_per_step"]))
         for r in report.rows(None)
         if any(r[k] for k in ("received", "handed_over", "accepted", "returned",
                               "in_progress_on_time", "in_progress_overdue",
-                              "completed_early", "completed_on_time", "completed_late"))
+                              "completed_early", "completed_on_time", "completed_late",
+                              "withdrawn"))
     ]
     sys.stdout.write("Thống kê hồ sơ (statistics, from the events):\n")
     _table(header, shown)

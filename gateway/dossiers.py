@@ -21,6 +21,10 @@ The steps, each a message routed through the gateway::
     apology   X        an agency that held the dossier apologises and sets a new appointment
                        date (phiếu xin lỗi và hẹn lại, Nghị định 61/2018/NĐ-CP, Điều 19); the
                        dossier is counted late all the same.
+    withdraw  R or H   the dossier ends without a result (reason required): the citizen asked
+                       the receiving agency R to withdraw it (rút hồ sơ, TrangThaiHoSo 7), or
+                       the agency H responsible for it stopped processing it (dừng xử lý, 8).
+                       It is no longer in progress, overdue or alerted; counted as withdrawn.
     alert     gateway  due soon / overdue: recorded, changes no state.
 
 Who held it for how long: every stretch between taking the dossier (creation, accept, a
@@ -54,6 +58,7 @@ class Phase(enum.StrEnum):
     IN_TRANSIT = "in_transit"  # handed over, waiting for the receiver to accept or return it
     HELD = "held"  # an agency holds it (đang xử lý)
     COMPLETED = "completed"  # the result went back to the receiving agency (đã có kết quả)
+    WITHDRAWN = "withdrawn"  # ended without a result: rút hồ sơ, dừng xử lý
 
 
 class Step(enum.StrEnum):
@@ -62,6 +67,7 @@ class Step(enum.StrEnum):
     RETURN = "return"
     RESULT = "result"
     APOLOGY = "apology"
+    WITHDRAW = "withdraw"
     ALERT = "alert"
     TRANSFER = "transfer"
 
@@ -115,6 +121,7 @@ class DossierState:
     due_at: datetime | None = None  # the current step's due time
     new_appointment_at: datetime | None = None  # set by the latest apology
     completed_at: datetime | None = None
+    withdrawn_at: datetime | None = None
     handovers: int = 0
     returns: int = 0
     apologies: int = 0
@@ -125,8 +132,16 @@ class DossierState:
 
     @property
     def responsible(self) -> str | None:
-        """The agency whose move it is: the holder, or the receiver of a pending hand-over."""
+        """The agency whose move it is: the holder, or the receiver of a pending hand-over;
+        nobody once it was withdrawn."""
+        if self.phase is Phase.WITHDRAWN:
+            return None
         return self.pending.receiver if self.pending else self.holder
+
+    @property
+    def closed(self) -> bool:
+        """Completed or withdrawn: no step but alerts is allowed any more."""
+        return self.phase in (Phase.COMPLETED, Phase.WITHDRAWN)
 
 
 class IllegalStep(Conflict):
@@ -158,22 +173,24 @@ def apply(state: DossierState | None, event: Event, code: str) -> DossierState:
         case Step.ACCEPT | Step.RETURN:
             return _answer(s, event)
         case Step.RESULT:
-            if s.phase is Phase.COMPLETED:
-                raise _refuse(f"dossier {code} is completed already", "/body/action")
+            if s.closed:
+                raise _refuse(f"dossier {code} is {s.phase.value} already", "/body/action")
             _must_hold(s, event)
             return replace(s, phase=Phase.COMPLETED, completed_at=event.at,
                            holds=_close(s.holds, event.at), holder=s.receiving_agency,
                            due_at=None,
                            step_key=None)
         case Step.APOLOGY:
-            if s.phase is Phase.COMPLETED:
-                raise _refuse(f"dossier {code} is completed: nothing to apologise for",
+            if s.closed:
+                raise _refuse(f"dossier {code} is {s.phase.value}: nothing to apologise for",
                               "/body/action")
             if event.actor not in s.involved:
                 raise Forbidden(f"agency {event.actor} never held dossier {code}",
                                 errors=[FieldError("/body/dossier", "not involved")])
             return replace(s, new_appointment_at=event.appointment_at,
                            apologies=s.apologies + 1)
+        case Step.WITHDRAW:
+            return _withdraw(s, event)
         case Step.TRANSFER:
             return _transfer(s, event)
         case Step.ALERT:
@@ -207,8 +224,8 @@ def _create(event: Event, code: str) -> DossierState:
 
 
 def _must_hold(s: DossierState, event: Event) -> None:
-    if s.phase is Phase.COMPLETED:
-        raise _refuse(f"dossier {s.code} is completed", "/body/action")
+    if s.closed:
+        raise _refuse(f"dossier {s.code} is {s.phase.value}", "/body/action")
     if s.phase is Phase.IN_TRANSIT:
         assert s.pending is not None
         raise _refuse(
@@ -250,9 +267,25 @@ def _answer(s: DossierState, event: Event) -> DossierState:
                    step_key=None)
 
 
+def _withdraw(s: DossierState, event: Event) -> DossierState:
+    if s.closed:
+        raise _refuse(f"dossier {s.code} is {s.phase.value}", "/body/action")
+    if event.actor not in {s.receiving_agency, s.responsible}:
+        raise Forbidden(
+            f"dossier {s.code} is withdrawn by its receiving agency {s.receiving_agency} or "
+            f"stopped by {s.responsible}, not by {event.actor}",
+            errors=[FieldError("/body/dossier", "neither the receiving nor the responsible "
+                                                "agency")],
+        )
+    # Back with the receiving agency, which gives the papers back to the citizen; no one's
+    # stretch runs any more, no step is due.
+    return replace(s, phase=Phase.WITHDRAWN, withdrawn_at=event.at, holder=s.receiving_agency,
+                   pending=None, holds=_close(s.holds, event.at), due_at=None, step_key=None)
+
+
 def _transfer(s: DossierState, event: Event) -> DossierState:
-    if s.phase is Phase.COMPLETED:
-        raise _refuse(f"dossier {s.code} is completed", "/body/action")
+    if s.closed:
+        raise _refuse(f"dossier {s.code} is {s.phase.value}", "/body/action")
     if s.responsible != event.actor or event.to is None or event.to == event.actor:
         raise _refuse(f"dossier {s.code} is not in the hands of {event.actor}")
     last = s.holds[-1]

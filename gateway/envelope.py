@@ -336,6 +336,7 @@ class DossierAction(enum.StrEnum):
     RETURN = "return"  # trả lại: the receiver sends it back to who handed it over (reason)
     RESULT = "result"  # trả kết quả: the holder sends the result to the receiving agency
     APOLOGY = "apology"  # phiếu xin lỗi và hẹn lại ngày trả kết quả (reason, new date)
+    WITHDRAW = "withdraw"  # rút hồ sơ (the citizen asks) or dừng xử lý: ends it (reason)
     ALERT = "alert"  # cảnh báo: the gateway's own, a step about to fall due or overdue
     TRANSFER = "transfer"  # the gateway's own: a dissolved agency's dossier to its successor
 
@@ -367,7 +368,8 @@ class DossierStatusBody(_Model):
     @model_validator(mode="after")
     def _needs(self) -> DossierStatusBody:
         a = self.action
-        if a in {DossierAction.RETURN, DossierAction.APOLOGY} and not self.reason:
+        if a in {DossierAction.RETURN, DossierAction.APOLOGY, DossierAction.WITHDRAW} and (
+                not self.reason):
             raise ValueError(f"a {a.value} needs a reason")
         if a is DossierAction.APOLOGY and self.appointment_at is None:
             raise ValueError("an apology needs the new appointment_at (ngày hẹn trả mới)")

@@ -15,6 +15,8 @@ never to a successor: a merged agency's past numbers stay under its old code):
     completed_on_time    trả, its Vietnam date), on that day, or after the appointment instant.
     completed_late       Always the first appointment: an apology's new date does not make a
                          late dossier on time.
+    withdrawn            dossiers X withdrew (rút hồ sơ) or stopped (dừng xử lý) in P: ended
+                         without a result, neither on time nor late, no longer in progress
     in_progress_on_time  at the end of P (now, if P is not over), dossiers X is responsible
     in_progress_overdue  for (it holds them, or a hand-over to it waits), by whether the current
                          step's due time has passed; with no step running (returned to its
@@ -222,6 +224,7 @@ class Figures:
     completed_early: int = 0
     completed_on_time: int = 0
     completed_late: int = 0
+    withdrawn: int = 0
     in_progress_on_time: int = 0
     in_progress_overdue: int = 0
     apologies: int = 0
@@ -338,6 +341,8 @@ class Recount:
                 self._count(before.holder, after.completed_at, f"completed_{kind}")
             case Step.APOLOGY:
                 self._count(event.actor, event.at, "apologies")
+            case Step.WITHDRAW:
+                self._count(event.actor, event.at, "withdrawn")
             case _:  # alerts, and a transfer to a merged agency's successor: no figure
                 pass
 

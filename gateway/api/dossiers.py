@@ -24,9 +24,11 @@ routes = web.RouteTableDef()
 def timeliness(row: DossierRow, now: datetime) -> str:
     """Against the first appointment date (an apology's new date does not make a late dossier
     on time): ``early`` / ``on_time`` / ``late`` once completed (early: before the appointment
-    day), else ``on_time`` or ``overdue``."""
+    day), ``withdrawn`` when it ended without a result, else ``on_time`` or ``overdue``."""
     if row.completed_at is not None:  # one rule with the statistics (days in Vietnam time)
         return completion(row.completed_at, row.appointment_at)
+    if row.phase == "withdrawn":  # ended without a result: neither on time nor late
+        return "withdrawn"
     return "overdue" if now > row.appointment_at else "on_time"
 
 

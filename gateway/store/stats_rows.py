@@ -97,9 +97,10 @@ async def aggregate(conn: AsyncConnection, window: Window, calendar: WorkingDays
     for r in await conn.execute(query):
         cell(table, r.who, r.span).received += int(r.n)
 
-    # hand-overs sent, accepted, returned; apologies: one raw step each
+    # hand-overs sent, accepted, returned; apologies, withdrawals: one raw step each
     names = {Step.HANDOVER.value: "handed_over", Step.ACCEPT.value: "accepted",
-             Step.RETURN.value: "returned", Step.APOLOGY.value: "apologies"}
+             Step.RETURN.value: "returned", Step.APOLOGY.value: "apologies",
+             Step.WITHDRAW.value: "withdrawn"}
     query = (sa.select(e.actor.label("who"), e.step.label("kind"), span(e.at),
                        sa.func.count().label("n"))
              .where(e.step.in_(list(names)), _in(e.at, window))

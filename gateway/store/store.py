@@ -825,12 +825,14 @@ class Store:
                             due_after: datetime | None = None,
                             to_alert_at: datetime | None = None, limit: int = 1000
                             ) -> list[str]:
-        """Codes of dossiers not completed: those some of ``responsible`` must act on, or
-        those whose running step falls due before ``due_before`` (and after ``due_after``),
-        soonest first. ``to_alert_at``: only those still owed an alert at that instant (none
-        raised for the running step yet, or only ``due_soon`` and now overdue), so that what
-        was alerted never crowds out what was not."""
-        where = [dossiers.c.phase != "completed"]
+        """Codes of dossiers still open (neither completed nor withdrawn): those some of
+        ``responsible`` must act on, or those whose running step falls due before
+        ``due_before`` (and after ``due_after``), soonest first. ``to_alert_at``: only those
+        still owed an alert at that instant (none raised for the running step yet, or only
+        ``due_soon`` and now overdue), so that what was alerted never crowds out what was
+        not."""
+        where: list[sa.ColumnElement[bool]] = [
+            dossiers.c.phase.not_in(("completed", "withdrawn"))]
         if responsible is not None:
             if not responsible:
                 return []

@@ -193,3 +193,41 @@ async def test_operators_see_overdue_and_due_soon_dossiers(make_gateway: Gateway
     # Agencies do not get the operators' view.
     agency = await gateway.client.get("/api/v1/ops/dossiers", headers=await gateway.auth(COMMUNE))
     assert agency.status == 403
+
+
+async def test_a_withdrawn_dossier_ends_without_a_result(make_gateway: GatewayFactory) -> None:
+    """The citizen withdraws the dossier at the commune (rút hồ sơ) while the district holds
+    it: it ends there, the district is told, and nothing more can happen to it."""
+    gateway = await make_gateway(broker=False)
+    handover = await ok(gateway, COMMUNE, dossier(COMMUNE, PHONG_DIEN))
+    await ok(gateway, PHONG_DIEN, step(PHONG_DIEN, COMMUNE, "accept", about=handover))
+    # A reason is required; an agency with no part in it cannot withdraw it.
+    await refused(gateway, COMMUNE, step(COMMUNE, PHONG_DIEN, "withdraw"), 422, "/body")
+    await refused(gateway, PROVINCE, step(PROVINCE, COMMUNE, "withdraw", reason="x"), 403,
+                  "/body/dossier")
+    withdrawn = await ok(gateway, COMMUNE, step(COMMUNE, PHONG_DIEN, "withdraw",
+                                                reason="Công dân có đơn xin rút hồ sơ"))
+    message = await gateway.store.message(withdrawn)
+    assert [r.agency for r in message.recipients] == [PHONG_DIEN]
+    seen = await view(gateway, PHONG_DIEN)
+    assert (seen["phase"], seen["timeliness"], seen["responsible"], seen["due_at"]) == (
+        "withdrawn", "withdrawn", None, None)
+    assert all(h["until"] is not None for h in seen["holds"])
+    # Closed: no result, no second withdrawal, no hand-over.
+    await refused(gateway, PHONG_DIEN, step(PHONG_DIEN, COMMUNE, "result"), 409, "/body/action")
+    await refused(gateway, COMMUNE, step(COMMUNE, PHONG_DIEN, "withdraw", reason="x"), 409,
+                  "/body/action")
+    assert await gateway.store.open_dossiers() == []
+
+
+async def test_the_agency_that_must_act_may_stop_processing(make_gateway: GatewayFactory
+                                                           ) -> None:
+    """Dừng xử lý: the district, to which the dossier was handed, stops it; the commune where
+    the citizen waits is told."""
+    gateway = await make_gateway(broker=False)
+    await ok(gateway, COMMUNE, dossier(COMMUNE, PHONG_DIEN))
+    stopped = await ok(gateway, PHONG_DIEN, step(PHONG_DIEN, COMMUNE, "withdraw",
+                                                 reason="Dừng xử lý theo quyết định số 12"))
+    message = await gateway.store.message(stopped)
+    assert [r.agency for r in message.recipients] == [COMMUNE]
+    assert (await view(gateway, COMMUNE))["phase"] == "withdrawn"

@@ -260,7 +260,7 @@ async def test_verify_names_what_the_tampered_projection_changed(
     assert code == 0, err
     lines = exported.read_text(encoding="utf-8").splitlines()
     assert lines[1].startswith(f"{D},2026-03,2026-03-01T00:00:00+07:00,")
-    assert lines[1].endswith(",0,1,4,1,1,1,0,0,1,0,4,3.44") and len(lines) == 4
+    assert lines[1].endswith(",0,1,4,1,1,1,0,0,0,1,0,4,3.44") and len(lines) == 4
     async with store.write() as conn:
         # E's appointment moved a month on: the province's late result now looks early.
         await conn.execute(dossiers.update().where(dossiers.c.code == E_).values(
@@ -335,10 +335,13 @@ def random_history(rng: random.Random, code: str, receiving: str, start: datetim
         if at >= stop:
             break
         assert state is not None
-        if state.phase is Phase.COMPLETED:
+        if state.closed:
             break
         roll = rng.random()
-        if roll < 0.04:
+        if roll < 0.02:  # the citizen withdraws it, or its agency stops processing it
+            add(Step.WITHDRAW, rng.choice([state.receiving_agency, state.responsible or ""]),
+                reason="công dân rút hồ sơ")
+        elif roll < 0.04:
             add(Step.APOLOGY, rng.choice(sorted(state.involved)),
                 appointment_at=appointment + timedelta(days=7))
         elif roll < 0.06:
@@ -440,3 +443,30 @@ async def test_verify_agrees_on_a_generated_history(store: Store, calendar: Work
     first = found.differences[0]
     assert (first.served, first.recomputed) == (first.recomputed - 1, first.recomputed)
 
+
+
+async def test_a_withdrawn_dossier_is_counted_once_and_no_longer_in_progress(
+    store: Store, calendar: WorkingCalendar
+) -> None:
+    h = History(store)
+    code = f"{C}-260302-0009"
+    await h.step(code, Step.HANDOVER, C, vn(3, 2, 9), to=D, due=vn(3, 6, 17),
+                 received=vn(3, 2, 8), appointment=vn(3, 13, 17))
+    await h.step(code, Step.ACCEPT, D, vn(3, 2, 10))
+    # The citizen withdraws it at the commune, after the district's step fell due.
+    state = h.states[code]
+    event = Event(seq=state.seq + 1, step=Step.WITHDRAW, actor=C, at=vn(3, 10, 9),
+                  message_id=str(uuid.uuid4()), reason="công dân rút hồ sơ")
+    new = apply(state, event, code)
+    await store.accept(
+        message_id=event.message_id, kind="dossier_status", sender=C, about=None,
+        created_at=event.at, envelope=b"{}", recipients_=[D], redirects={},
+        idempotency_key=None, request_hash="0" * 64, dossier=DossierWrite(event, new, None))
+    report = await stats_rows.served(store, MARCH_TO_MAY, calendar, LATE_NOW)
+    assert counts(report, C, "2026-03") == figures(received=1, handed_over=1, withdrawn=1,
+                                                   steps_ended=1)
+    # The district held it until the withdrawal; it is not in progress (or overdue) after.
+    assert counts(report, D, "2026-03") == figures(accepted=1, steps_ended=1)
+    assert counts(report, D, "2026-04") == Figures()
+    check = await stats_rows.verify(store, MARCH_TO_MAY, calendar, LATE_NOW)
+    assert check.ok, "\n".join(check.summary())

@@ -28,19 +28,26 @@ class Model:
     holder: str | None = None
     pending: tuple[str, str, str] | None = None  # message id, sender, receiver
     completed: bool = False
+    withdrawn: bool = False
     involved: set[str] = field(default_factory=set)
+
+    @property
+    def closed(self) -> bool:
+        return self.completed or self.withdrawn
 
     def legal(self, step: Step, actor: str, to: str | None, about: str | None) -> bool:
         if not self.exists:
             return step is Step.HANDOVER and actor == R and to is not None and to != R
         if step is Step.ALERT:
             return True
+        responsible = self.pending[2] if self.pending else self.holder
         if step is Step.APOLOGY:
-            return not self.completed and actor in self.involved
+            return not self.closed and actor in self.involved
         if step is Step.TRANSFER:
-            responsible = self.pending[2] if self.pending else self.holder
-            return not self.completed and responsible == actor and to not in (None, actor)
-        if self.completed:
+            return not self.closed and responsible == actor and to not in (None, actor)
+        if step is Step.WITHDRAW:  # the citizen's agency, or the one that must act, stops it
+            return not self.closed and actor in (R, responsible)
+        if self.closed:
             return False
         if step is Step.HANDOVER:
             return self.pending is None and self.holder == actor and to not in (None, actor)
@@ -63,6 +70,8 @@ class Model:
         elif step is Step.RESULT:
             self.completed = True
             self.holder = R  # the result is with the receiving agency, where the citizen waits
+        elif step is Step.WITHDRAW:
+            self.withdrawn, self.holder, self.pending = True, R, None
         elif step is Step.TRANSFER:
             self.involved.add(to or "")
             if self.pending:
@@ -91,6 +100,9 @@ def check_invariants(state: DossierState) -> None:
         assert before.until == after.since  # no gap, no overlap: every moment has an agency
     if state.phase is Phase.COMPLETED:
         assert state.completed_at is not None and not open_holds
+    if state.phase is Phase.WITHDRAWN:
+        assert state.withdrawn_at is not None and not open_holds
+        assert state.responsible is None and state.due_at is None
 
 
 @settings(max_examples=400, deadline=None)
@@ -125,6 +137,7 @@ def test_fold_accepts_exactly_the_legal_steps(sequence: list[tuple[Step, str, st
         check_invariants(state)
         assert state.holder == model.holder
         assert (state.phase is Phase.COMPLETED) == model.completed
+        assert (state.phase is Phase.WITHDRAWN) == model.withdrawn
     # Folding the accepted history again gives the same state: the state is the fold.
     assert fold(CODE, accepted) == state
 
