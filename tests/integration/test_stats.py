@@ -5,6 +5,7 @@ thousands of dossiers, and ``verify`` catching a projection that was tampered wi
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import sys
@@ -261,6 +262,17 @@ async def test_verify_names_what_the_tampered_projection_changed(
     lines = exported.read_text(encoding="utf-8").splitlines()
     assert lines[1].startswith(f"{D},2026-03,2026-03-01T00:00:00+07:00,")
     assert lines[1].endswith(",0,1,4,1,1,1,0,0,0,1,0,4,3.44") and len(lines) == 4
+    # The same figures as JSON, as the API serves them.
+    code, out, err = await lienthong(settings, "stats", "export", *window_args, "--agency", D,
+                                     "--format", "json")
+    assert code == 0, err
+    document = json.loads(out)
+    march = next(r for r in document["rows"] if r["period"] == "2026-03")
+    assert (march["agency"], march["accepted"], march["returned"], march["completed_early"],
+            march["in_progress_overdue"], march["avg_working_days_per_step"]) == (
+        D, 4, 1, 1, 1, 3.44)
+    served = await stats_rows.served(store, MARCH_TO_MAY, calendar, LATE_NOW, agency=D)
+    assert len(document["rows"]) == len(served.rows([D])) == 3
     async with store.write() as conn:
         # E's appointment moved a month on: the province's late result now looks early.
         await conn.execute(dossiers.update().where(dossiers.c.code == E_).values(
