@@ -62,10 +62,11 @@ from yarl import URL
 from adapters.base import Adapter
 from adapters.document_management import EDXML
 from gateway.api.keys import BLOBS, DIRECTORY, SETTINGS, STORE
-from gateway.blobs import BlobStore
+from gateway.blobs import STREAM_ABOVE, BlobStore, spool_package
 from gateway.codecs import decode, decode_edxml, encode_edxml, xmlsafe
 from gateway.codecs.edxml import (
     CARRY_KEY,
+    STREAM_LIMITS,
     carried,
     document_id,
     iter_edxml,
@@ -525,7 +526,22 @@ class HubPoller:
         return True
 
     async def _admit(self, doc: ReceivedDoc, package: bytes) -> Accepted:
-        envelope = decode_edxml(package)
+        blobs = self.app.get(BLOBS)
+        if blobs is None or len(package) <= STREAM_ABOVE:
+            return await self._admit_decoded(doc, package, decode_edxml(package), frozenset())
+        # Files above the inline limit go to the blob store, as for a package sent to our API.
+        spooled, new = await asyncio.to_thread(
+            spool_package, blobs, io.BytesIO(package), STREAM_LIMITS)
+        try:
+            envelope = decode_edxml(spooled.skeleton, claims=spooled.claims)
+            return await self._admit_decoded(
+                doc, package, envelope, frozenset(a.sha256 for a in spooled.attachments))
+        except GatewayError:
+            await asyncio.to_thread(blobs.remove, new)
+            raise
+
+    async def _admit_decoded(self, doc: ReceivedDoc, package: bytes, envelope: AnyEnvelope,
+                             stored: frozenset[str]) -> Accepted:
         sender = envelope.header.sender
         directory = self.app[DIRECTORY]
         agency = directory.agencies.get(sender)
@@ -540,7 +556,7 @@ class HubPoller:
         return await admit(
             self.app, agency=sender, body=package, decoder=lambda _data: ours,
             sender_at=SENDER_AT, idempotency_key="hub:" + hashlib.sha256(package).hexdigest(),
-            check=self.check, via="hub",
+            check=self.check, via="hub", stored=stored,
         )
 
     async def _matched(self, envelope: AnyEnvelope, package: bytes) -> AnyEnvelope:

@@ -52,15 +52,9 @@ from adapters.base import Adapter
 from gateway import signing  # a module: SIGNER, edxml_check and sign_outgoing
 from gateway.api.keys import AGENCY, BLOBS, SETTINGS
 from gateway.api.routes import inbox_page, ingest, visible_message
-from gateway.blobs import BlobSink, BlobStore
+from gateway.blobs import STREAM_ABOVE, spool_package
 from gateway.codecs import decode, decode_edxml, encode_edxml
-from gateway.codecs.edxml import (
-    STREAM_LIMITS,
-    Spooled,
-    iter_edxml,
-    spool_edxml,
-    stored_attachments,
-)
+from gateway.codecs.edxml import STREAM_LIMITS, Spooled, iter_edxml, stored_attachments
 from gateway.codecs.xmlsafe import XmlLimits
 from gateway.envelope import AnyEnvelope
 from gateway.errors import GatewayError
@@ -83,9 +77,6 @@ class EdxmlCodec:
 EDXML = EdxmlCodec()
 
 
-#: A package no larger than this cannot hold a file above the inline limit (the Envelope's
-#: ``Attachment.content`` max length), so it is read in memory; a larger one is streamed.
-STREAM_ABOVE = 1_400_000
 SENDER_AT = "/edXML/edXMLEnvelope/edXMLHeader/MessageHeader/From/OrganId"
 _READ = 256 * 1024
 
@@ -118,18 +109,7 @@ async def _post_streamed(request: web.Request) -> web.Response:
                 raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
             spool.write(piece)
         spool.seek(0)
-        sinks: list[BlobSink] = []
-
-        def open_sink(_index: int) -> BlobSink:
-            sinks.append(blobs.sink())
-            return sinks[-1]
-
-        try:
-            spooled = await asyncio.to_thread(spool_edxml, spool, open_sink, limits=limits)
-            new = await asyncio.to_thread(_commit, blobs, sinks)
-        finally:
-            for sink in sinks:
-                sink.discard()  # after a commit: nothing left to remove
+        spooled, new = await asyncio.to_thread(spool_package, blobs, spool, limits)
         claims = spooled.claims
         try:
             check = await _streamed_check(app, request[AGENCY], spool, spooled, limits)
@@ -141,24 +121,8 @@ async def _post_streamed(request: web.Request) -> web.Response:
         except (GatewayError, web.HTTPException):
             # Refused: nothing refers to the files it brought. (Anything else, e.g. a crash
             # after the commit, keeps them: an orphan file costs disk, a lost one a document.)
-            await asyncio.to_thread(_remove, blobs, new)
+            await asyncio.to_thread(blobs.remove, new)
             raise
-
-
-def _commit(blobs: BlobStore, sinks: list[BlobSink]) -> set[str]:
-    """Commit every file; the digests that were not in the store before."""
-    new: set[str] = set()
-    for sink in sinks:
-        existed = blobs.exists(sink.sha256)
-        digest = sink.commit()
-        if not existed:
-            new.add(digest)
-    return new
-
-
-def _remove(blobs: BlobStore, digests: set[str]) -> None:
-    for digest in digests:
-        blobs.path(digest).unlink(missing_ok=True)
 
 
 async def _streamed_check(

@@ -21,14 +21,19 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+from gateway.codecs.edxml import Spooled, spool_edxml
+from gateway.codecs.xmlsafe import XmlLimits
 from gateway.errors import NotFound
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 CHUNK = 256 * 1024
+#: A package no larger than this cannot hold a file above the inline limit (the Envelope's
+#: ``Attachment.content`` max length): it is decoded in memory, a larger one through the store.
+STREAM_ABOVE = 1_400_000
 
 
 class BlobSink:
@@ -123,6 +128,11 @@ class BlobStore:
             sink.write(data)
             return sink.commit()
 
+    def remove(self, digests: Iterable[str]) -> None:
+        """Remove files no message refers to (those a refused package brought)."""
+        for digest in digests:
+            self.path(digest).unlink(missing_ok=True)
+
     def sweep(self, older_than: float = 3600.0) -> int:
         """Remove temporary files a crash left behind (older than ``older_than`` seconds, so
         a write in progress is never touched); returns how many."""
@@ -135,3 +145,28 @@ class BlobStore:
             except FileNotFoundError:
                 continue
         return removed
+
+
+def spool_package(blobs: BlobStore, stream: IO[bytes], limits: XmlLimits
+                  ) -> tuple[Spooled, set[str]]:
+    """Read an edXML package once (:func:`gateway.codecs.edxml.spool_edxml`), its files
+    committed to the store; returns the skeleton and claims, and the digests that were not in
+    the store before (what to :meth:`BlobStore.remove` if the package is then refused)."""
+    sinks: list[BlobSink] = []
+
+    def open_sink(_index: int) -> BlobSink:
+        sinks.append(blobs.sink())
+        return sinks[-1]
+
+    try:
+        spooled = spool_edxml(stream, open_sink, limits=limits)
+        new: set[str] = set()
+        for sink in sinks:
+            existed = blobs.exists(sink.sha256)
+            digest = sink.commit()
+            if not existed:
+                new.add(digest)
+        return spooled, new
+    finally:
+        for sink in sinks:
+            sink.discard()  # after a commit: nothing left to remove

@@ -606,3 +606,31 @@ async def test_a_large_file_reaches_the_hub_inside_the_package(
     assert isinstance(package, DocumentEnvelope)
     assert [(a.size, a.sha256) for a in package.body.attachments] == [
         (len(data), hashlib.sha256(data).hexdigest())]
+
+
+async def test_a_large_file_from_the_hub_is_kept_whole_for_our_agency(
+    make_gateway: GatewayFactory, settings: Settings, peer: HubPeer, ministry: HubClient
+) -> None:
+    """A ministry's package with a 3 MB file, polled from the hub: the file goes to the blob
+    store like one sent to our API, and our agency downloads it whole."""
+    import hashlib
+    import os
+
+    from tests.e2e.test_large_attachments import big_package
+
+    gw = await make_gateway(settings=peer.settings(settings))
+    data = os.urandom(3 * 1024 * 1024)
+    package = big_package(G04, HUE, data)
+    [doc_id] = await ministry.send_edoc(package, message_type="edoc",
+                                        message_id=str(uuid.uuid4()))
+    await settled(gw, peer)
+    assert peer.hub.docs[doc_id].status == DONE
+    page = await (await gw.client.get("/api/v1/inbox", headers=await gw.auth(HUE))).json()
+    [item] = page["items"]
+    message_id = item["message_id"]
+    assert item["envelope"]["body"]["attachments"][0]["sha256"] == hashlib.sha256(
+        data).hexdigest()
+    got = await gw.client.get(f"/api/v1/messages/{message_id}/attachments/0",
+                              headers=await gw.auth(HUE))
+    assert got.status == 200
+    assert hashlib.sha256(await got.read()).hexdigest() == hashlib.sha256(data).hexdigest()
