@@ -21,7 +21,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Set
 from pathlib import Path
 from typing import IO
 
@@ -46,6 +46,8 @@ class BlobSink:
         self._file: IO[bytes] | None = open(self._tmp, "xb")  # closed by commit or discard
         self._hash = hashlib.sha256()
         self.size = 0
+        #: The stored file's mtime once committed: what a clean-up compares before removing.
+        self.committed_ns = 0
 
     def write(self, data: bytes) -> int:
         assert self._file is not None, "write after commit or discard"
@@ -69,10 +71,21 @@ class BlobSink:
         digest = self.sha256
         final = self._store.path(digest)
         if final.exists():
-            self._tmp.unlink(missing_ok=True)
-            return digest
+            # Claimed again: its age restarts, so neither the collector nor another request's
+            # clean-up (which removes only a file unchanged since it wrote it) takes it now.
+            try:
+                # Strictly later than before, even within one tick of the coarse file clock.
+                now = max(time.time_ns(), final.stat().st_mtime_ns + 1)
+                os.utime(final, ns=(now, now))
+            except FileNotFoundError:  # collected in between: ours becomes the stored one
+                pass
+            else:
+                self._tmp.unlink(missing_ok=True)
+                self.committed_ns = final.stat().st_mtime_ns
+                return digest
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self._tmp, final)
+        self.committed_ns = final.stat().st_mtime_ns
         return digest
 
     def discard(self) -> None:
@@ -128,10 +141,51 @@ class BlobStore:
             sink.write(data)
             return sink.commit()
 
-    def remove(self, digests: Iterable[str]) -> None:
-        """Remove files no message refers to (those a refused package brought)."""
-        for digest in digests:
-            self.path(digest).unlink(missing_ok=True)
+    def remove(self, written: Mapping[str, int]) -> None:
+        """Remove the files a refused package brought (digest: the mtime its commit left),
+        each only if nothing claimed it since: a concurrent request that stored the same bytes
+        renewed its mtime (:meth:`BlobSink.commit`), and the file is then left alone."""
+        for digest, committed_ns in written.items():
+            path = self.path(digest)
+            try:
+                if path.stat().st_mtime_ns == committed_ns:
+                    path.unlink(missing_ok=True)
+            except FileNotFoundError:
+                continue
+
+    def stored(self, older_than: float) -> Iterator[tuple[str, int]]:
+        """(digest, size) of every stored file last written or claimed more than
+        ``older_than`` seconds ago."""
+        cutoff = time.time() - older_than
+        for path in self.root.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*"):
+            if not _SHA256.fullmatch(path.name):
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            if stat.st_mtime < cutoff:
+                yield path.name, stat.st_size
+
+    def collect(self, candidates: Iterable[str], referenced: Set[str],
+                older_than: float) -> list[str]:
+        """Remove the ``candidates`` (from :meth:`stored`) that no message refers to and
+        that are still older than ``older_than`` seconds (one claimed while the references
+        were read is kept); returns the removed digests."""
+        cutoff = time.time() - older_than
+        removed: list[str] = []
+        for digest in candidates:
+            if digest in referenced:
+                continue
+            path = self.path(digest)
+            try:
+                if path.stat().st_mtime >= cutoff:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(digest)
+        return removed
 
     def sweep(self, older_than: float = 3600.0) -> int:
         """Remove temporary files a crash left behind (older than ``older_than`` seconds, so
@@ -148,10 +202,11 @@ class BlobStore:
 
 
 def spool_package(blobs: BlobStore, stream: IO[bytes], limits: XmlLimits
-                  ) -> tuple[Spooled, set[str]]:
+                  ) -> tuple[Spooled, dict[str, int]]:
     """Read an edXML package once (:func:`gateway.codecs.edxml.spool_edxml`), its files
-    committed to the store; returns the skeleton and claims, and the digests that were not in
-    the store before (what to :meth:`BlobStore.remove` if the package is then refused)."""
+    committed to the store; returns the skeleton and claims, and the files that were not in
+    the store before with their mtime (what to :meth:`BlobStore.remove` if the package is
+    then refused)."""
     sinks: list[BlobSink] = []
 
     def open_sink(_index: int) -> BlobSink:
@@ -160,12 +215,12 @@ def spool_package(blobs: BlobStore, stream: IO[bytes], limits: XmlLimits
 
     try:
         spooled = spool_edxml(stream, open_sink, limits=limits)
-        new: set[str] = set()
+        new: dict[str, int] = {}
         for sink in sinks:
             existed = blobs.exists(sink.sha256)
             digest = sink.commit()
             if not existed:
-                new.add(digest)
+                new[digest] = sink.committed_ns
         return spooled, new
     finally:
         for sink in sinks:

@@ -324,6 +324,35 @@ def cmd_audit_verify(settings: Settings, _args: argparse.Namespace) -> int:
     return _run(go())
 
 
+def cmd_blobs_gc(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.blobs import BlobStore
+    from gateway.store.store import Store
+
+    async def go() -> int:
+        blobs = BlobStore(settings.blob_dir)
+        # Candidates first, references second: a file claimed while the references are read
+        # is newer than the grace by then, and collect() checks its age again.
+        candidates = dict(blobs.stored(args.older_than))
+        async with Store.open(settings.store_url) as store:
+            referenced = await store.referenced_blobs()
+        unreferenced = [d for d in candidates if d not in referenced]
+        if args.dry_run:
+            removed = unreferenced
+        else:
+            removed = blobs.collect(candidates, referenced, args.older_than)
+        swept = 0 if args.dry_run else blobs.sweep(args.older_than)
+        freed = sum(candidates[d] for d in removed)
+        verb = "would remove" if args.dry_run else "removed"
+        sys.stdout.write(
+            f"{verb} {len(removed)} unreferenced files ({freed} bytes); "
+            f"kept {len(candidates) - len(removed)} older files that messages name; "
+            f"{swept} unfinished writes swept\n"
+        )
+        return 0
+
+    return _run(go())
+
+
 def cmd_directory_check(settings: Settings, args: argparse.Namespace) -> int:
     path = Path(args.path) if args.path else settings.directory_path
     directory = load_directory(path, allow_insecure_push=settings.allow_insecure_push)
@@ -634,6 +663,15 @@ def parser() -> argparse.ArgumentParser:
                         help="how to run rabbitmqctl, e.g. 'sudo -u rabbitmq rabbitmqctl' or "
                         "'docker exec rmq rabbitmqctl' (default: rabbitmqctl)")
         sp.add_argument("--node", help="the RabbitMQ node (rabbitmqctl --node)")
+
+    blobs = sub.add_parser("blobs", help="the blob store of large files (claim checks)")
+    blobs_sub = blobs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    gc = add("gc", cmd_blobs_gc, "remove stored files no message names (those of refused "
+             "packages) once older than a grace period", blobs_sub)
+    gc.add_argument("--older-than", type=_duration, default=3600.0, metavar="DURATION",
+                    help="grace period since a file was written or last claimed, e.g. 30m, "
+                    "2h (default: 1h); keep it far above the longest upload")
+    gc.add_argument("--dry-run", action="store_true", help="only say what would be removed")
 
     directory = sub.add_parser("directory", help="the agency directory")
     directory_sub = directory.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -1000,6 +1001,25 @@ class Store:
             )
         return checked, None
 
+    async def referenced_blobs(self, batch: int = 1000) -> set[str]:
+        """The SHA-256 of every file a stored message names (its attachments'), read a page
+        at a time in id order: what the blob collector must keep."""
+        found: set[str] = set()
+        after: str | None = None
+        async with self.read() as conn:
+            while True:
+                query = (sa.select(messages.c.id, messages.c.envelope)
+                         .where(messages.c.envelope.contains('"sha256":"'))
+                         .order_by(messages.c.id).limit(batch))
+                if after is not None:
+                    query = query.where(messages.c.id > after)
+                rows = (await conn.execute(query)).all()
+                for row in rows:
+                    found.update(_CLAIM.findall(row.envelope))
+                if len(rows) < batch:
+                    return found
+                after = rows[-1].id
+
     async def counts(self) -> dict[str, int]:
         """Recipient rows per delivery state (for the demo summary and the benchmark)."""
         async with self.read() as conn:
@@ -1009,6 +1029,10 @@ class Store:
                 )
             ).all()
         return {str(state): int(n) for state, n in rows}
+
+
+#: An attachment's digest in a message's canonical JSON (orjson: no spaces).
+_CLAIM = re.compile(r'"sha256":"([0-9a-f]{64})"')
 
 
 async def _take_open(

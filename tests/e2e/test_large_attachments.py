@@ -9,18 +9,21 @@ import hashlib
 import io
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from gateway.blobs import BlobStore
 from gateway.codecs import decode, decode_edxml, encode_edxml
 from gateway.directory import Directory
 from gateway.service import build_app
 from gateway.settings import Settings
 from tests.conftest import HUE, PHONG_DIEN, PROVINCE, PUSH_AGENCY, Gateway, document
 from tests.e2e.test_edxml_api import XML, count, edxml_push_gateway, speaking_edxml
+from tests.integration.test_stats import lienthong
 from tests.peers.push_endpoint import PushEndpoint
 
 _ENCODED = re.compile(rb"(<(?:edXML:)?ContentTransferEncoded[^>]*>)[^<]*(</)")
@@ -186,3 +189,26 @@ async def test_a_push_whose_stored_file_is_gone_fails_with_the_reason(
     assert recipient.last_error is not None and "missing from the blob store" in (
         recipient.last_error)
     assert hashlib.sha256(data).hexdigest() in recipient.last_error
+
+
+async def test_blobs_gc_removes_only_the_files_no_message_names(gateway: Gateway) -> None:
+    data = os.urandom(2_000_000)
+    response = await post(gateway, HUE, big_package(HUE, PROVINCE, data))
+    assert response.status == 202, await response.text()
+    kept = hashlib.sha256(data).hexdigest()
+    blobs = BlobStore(gateway.settings.blob_dir)
+    orphan = blobs.put(os.urandom(1000))  # as a crash between store and accept would leave
+    young = blobs.put(os.urandom(1000))  # an upload in progress: inside the grace period
+    two_hours_ago = time.time() - 7200
+    for digest in (kept, orphan):
+        os.utime(blobs.path(digest), (two_hours_ago, two_hours_ago))
+    code, out, err = await lienthong(gateway.settings, "blobs", "gc", "--dry-run")
+    assert code == 0, err
+    assert out.startswith("would remove 1 unreferenced files (1000 bytes); kept 1 ")
+    assert blobs.exists(orphan)
+    code, out, err = await lienthong(gateway.settings, "blobs", "gc", "--older-than", "1h")
+    assert code == 0, err
+    assert out.startswith("removed 1 unreferenced files (1000 bytes); kept 1 ")
+    assert {d for d in (kept, orphan, young) if blobs.exists(d)} == {kept, young}
+    bad = await lienthong(gateway.settings, "blobs", "gc", "--older-than", "soon")
+    assert bad[0] == 2 and "--older-than" in bad[2]

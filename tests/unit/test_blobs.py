@@ -115,3 +115,41 @@ def test_two_packages_differing_only_in_their_file_have_different_skeletons(
             spooled = spool_edxml(io.BytesIO(with_file(data)), lambda _i: sink)
         skeletons.append(spooled.skeleton)
     assert skeletons[0] != skeletons[1]  # so a resent DocumentId with another file is a 409
+
+
+def _age(store: BlobStore, digest: str, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(store.path(digest), (then, then))
+
+
+def test_a_file_claimed_again_is_younger_and_outlives_the_first_writers_clean_up(
+    tmp_path: Path,
+) -> None:
+    store = BlobStore(tmp_path)
+    with store.sink() as first:
+        first.write(b"the same bytes")
+        digest = first.commit()
+    # A second request stores the same bytes within the same tick of the file clock.
+    with store.sink() as second:
+        second.write(b"the same bytes")
+        assert second.commit() == digest
+    assert second.committed_ns > first.committed_ns
+    store.remove({digest: first.committed_ns})  # the first request was refused
+    assert store.exists(digest)  # the second one's message still names it
+    store.remove({digest: second.committed_ns})  # nothing claimed it since: gone
+    assert not store.exists(digest)
+
+
+def test_collect_removes_only_old_files_that_no_message_names(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    named, orphan, young = store.put(b"named"), store.put(b"orphan"), store.put(b"young")
+    _age(store, named, 7200)
+    _age(store, orphan, 7200)
+    candidates = dict(store.stored(3600))
+    assert set(candidates) == {named, orphan}
+    assert candidates[orphan] == len(b"orphan")
+    # Claimed again while the references were read: no longer old enough to go.
+    store.put(b"named")
+    _age(store, orphan, 7200)
+    assert store.collect(candidates, {young}, 3600) == [orphan]
+    assert {d for d in (named, orphan, young) if store.exists(d)} == {named, young}
