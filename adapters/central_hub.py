@@ -72,7 +72,7 @@ from gateway.codecs.edxml import (
     iter_edxml,
     stored_attachments,
 )
-from gateway.delivery import Delivery, parse_retry_after
+from gateway.delivery import Delivery, parse_retry_after, pieces_of, stored_files_exist
 from gateway.directory import Agency, DeliveryMode
 from gateway.envelope import (
     AgencyAddress,
@@ -115,28 +115,42 @@ _REASON_LIMIT = 2000
 
 
 # -- signing (pure) ---------------------------------------------------------------------------
-def canonical_request(method: str, target: str, timestamp: str, body: bytes) -> bytes:
+def canonical_request(method: str, target: str, timestamp: str, body: bytes, *,
+                      body_sha256: str | None = None) -> bytes:
     """``METHOD\\nTARGET\\nTIMESTAMP\\nhex(sha256(body))``: what a signature covers. TARGET is
-    the request target as sent (path and query, percent-encoded)."""
-    digest = hashlib.sha256(body).hexdigest()
+    the request target as sent (path and query, percent-encoded). ``body_sha256``: the body's
+    digest, for a body streamed from disk and never held (``body`` is then ignored)."""
+    digest = body_sha256 if body_sha256 is not None else hashlib.sha256(body).hexdigest()
     return f"{method.upper()}\n{target}\n{timestamp}\n{digest}".encode()
 
 
-def sign(secret: str, method: str, target: str, timestamp: str, body: bytes) -> str:
+def sign(secret: str, method: str, target: str, timestamp: str, body: bytes, *,
+         body_sha256: str | None = None) -> str:
     """Hex HMAC-SHA256 of the canonical request under the system's secret."""
-    message = canonical_request(method, target, timestamp, body)
+    message = canonical_request(method, target, timestamp, body, body_sha256=body_sha256)
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 def signed_headers(
-    system: str, secret: str, method: str, target: str, body: bytes, now: float
+    system: str, secret: str, method: str, target: str, body: bytes, now: float, *,
+    body_sha256: str | None = None,
 ) -> dict[str, str]:
     timestamp = str(int(now))
     return {
         SYSTEM_HEADER: system,
         TIMESTAMP_HEADER: timestamp,
-        SIGNATURE_HEADER: sign(secret, method, target, timestamp, body),
+        SIGNATURE_HEADER: sign(secret, method, target, timestamp, body, body_sha256=body_sha256),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedBody:
+    """A request body written piece by piece (a package whose files come from the blob
+    store): its digest and length measured by a first pass, its pieces by a second."""
+
+    sha256: str
+    length: int
+    pieces: Callable[[], AsyncIterator[bytes]]
 
 
 # -- the client -------------------------------------------------------------------------------
@@ -210,7 +224,7 @@ class HubClient:
         path: str,
         *,
         params: Mapping[str, str] | None = None,
-        body: bytes = b"",
+        body: bytes | StreamedBody = b"",
         headers: Mapping[str, str] | None = None,
     ) -> tuple[bytes, Mapping[str, str]]:
         """One signed request: the body and headers of a 2xx answer, else the mapped error."""
@@ -218,14 +232,23 @@ class HubClient:
         if params:
             url = url.with_query(params)
         sent = dict(headers or {})
-        sent |= signed_headers(
-            self.system_id, self._secret, method, url.raw_path_qs, body, self.clock()
-        )
-        try:
+        data: Any
+        if isinstance(body, StreamedBody):
+            sent |= signed_headers(self.system_id, self._secret, method, url.raw_path_qs, b"",
+                                   self.clock(), body_sha256=body.sha256)
+            # A length, not chunked encoding: what a hub behind any proxy accepts.
+            sent["Content-Length"] = str(body.length)
+            data = body.pieces()
+        else:
+            sent |= signed_headers(
+                self.system_id, self._secret, method, url.raw_path_qs, body, self.clock()
+            )
             # A file-like body is written in pieces (aiohttp warns that a large bytes body
             # would hold the event loop while it is written).
+            data = io.BytesIO(body) if body else None
+        try:
             async with self.session.request(
-                method, url, data=io.BytesIO(body) if body else None, headers=sent,
+                method, url, data=data, headers=sent,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:
                 content = await response.read()
@@ -249,7 +272,7 @@ class HubClient:
             raise RetryLater(f"hub {path} answered something that is not JSON") from None
 
     async def send_edoc(
-        self, package: bytes, *, message_type: str, message_id: str | None = None,
+        self, package: bytes | StreamedBody, *, message_type: str, message_id: str | None = None,
         to: Sequence[str] = (),
     ) -> list[str]:
         """Send one package; the hub's document ids (one per recipient). Without a message id
@@ -366,17 +389,14 @@ class HubTransport:
             raise PermanentFailure(
                 f"the central hub carries documents and statuses, not a {envelope.kind}"
             )
+        package: bytes | StreamedBody
         try:
             if self.blobs is not None and stored_attachments(envelope):
-                # The hub takes a package in one signed request: its stored files are read
-                # into it (in a worker thread), so a send holds that package in memory.
-                chunks = self.blobs.chunks
-                package = await asyncio.to_thread(
-                    lambda: b"".join(iter_edxml(envelope, chunks)))
+                package = await self._large(envelope, self.blobs)
             else:
                 package = encode_edxml(envelope)
-            if self.sign is not None:
-                package = self.sign(package)
+                if self.sign is not None:
+                    package = self.sign(package)
         except GatewayError as exc:
             raise PermanentFailure(f"cannot write this message as edXML: {exc.detail}") from exc
         doc_ids = await self.client.send_edoc(
@@ -384,6 +404,28 @@ class HubTransport:
         )
         log.info("hub.sent", message_id=delivery.message_id, recipient=agency.code,
                  message_type=message_type, doc_ids=doc_ids)
+
+    async def _large(self, envelope: AnyEnvelope, blobs: BlobStore) -> bytes | StreamedBody:
+        """A package whose files are in the blob store. Unsigned, it is streamed twice from
+        the store (once for the request signature's digest and length, once as the body), so
+        memory does not grow with the files. Signed with our key, it is built whole in a
+        worker thread: an enveloped XML-DSig signature digests the whole document."""
+        stored_files_exist(envelope, blobs)
+        chunks = blobs.chunks
+        if self.sign is not None:
+            sign = self.sign
+            return await asyncio.to_thread(
+                lambda: sign(b"".join(iter_edxml(envelope, chunks))))
+
+        def measure() -> tuple[str, int]:
+            digest, length = hashlib.sha256(), 0
+            for piece in iter_edxml(envelope, chunks):
+                digest.update(piece)
+                length += len(piece)
+            return digest.hexdigest(), length
+
+        sha256, length = await asyncio.to_thread(measure)
+        return StreamedBody(sha256, length, lambda: pieces_of(envelope, blobs))
 
     async def _answering(self, status: StatusEnvelope) -> StatusEnvelope:
         if self.store is None:

@@ -84,7 +84,7 @@ from gateway.circuit import Breakers, CircuitBreaker, Permit
 from gateway.codecs import decode, encode_edxml
 from gateway.codecs.edxml import iter_edxml, stored_attachments
 from gateway.directory import Agency, DeliveryMode, Directory, WireFormat
-from gateway.envelope import Priority
+from gateway.envelope import AnyEnvelope, Priority
 from gateway.errors import GatewayError, PermanentFailure, RetryLater
 from gateway.settings import Settings
 from gateway.store.store import State, Store
@@ -206,19 +206,25 @@ def streamed_edxml(canonical: bytes, blobs: BlobStore) -> AsyncIterator[bytes] |
     Not signed: XML-DSig's enveloped signature digests the whole document, which this path
     never holds (the README says so)."""
     envelope = decode(canonical)
-    stored = stored_attachments(envelope)
-    if not stored:
+    if not stored_attachments(envelope):
         return None
-    missing = [a.sha256 for a in stored if not blobs.exists(a.sha256)]
-    if missing:  # checked before the first byte goes out: a clear reason, not a broken push
+    stored_files_exist(envelope, blobs)
+    return pieces_of(envelope, blobs)
+
+
+def stored_files_exist(envelope: AnyEnvelope, blobs: BlobStore) -> None:
+    """Checked before the first byte goes out: a clear reason, not a broken request."""
+    missing = [a.sha256 for a in stored_attachments(envelope) if not blobs.exists(a.sha256)]
+    if missing:
         raise PermanentFailure(f"stored file(s) missing from the blob store: {', '.join(missing)}")
+
+
+async def pieces_of(envelope: AnyEnvelope, blobs: BlobStore) -> AsyncIterator[bytes]:
+    """The edXML package of ``envelope`` with its stored files read back in, a piece at a
+    time, each read in a worker thread (file I/O never blocks the event loop)."""
     pieces = iter_edxml(envelope, blobs.chunks)
-
-    async def body() -> AsyncIterator[bytes]:
-        while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
-            yield piece
-
-    return body()
+    while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+        yield piece
 
 
 async def push(

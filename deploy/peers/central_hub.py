@@ -102,6 +102,7 @@ import argparse
 import asyncio
 import hashlib
 import hmac
+import io
 import secrets
 import sys
 import time
@@ -116,6 +117,7 @@ from aiohttp import web
 from lxml import etree
 
 from gateway.codecs import xmlsafe
+from gateway.codecs.edxml import STREAM_LIMITS, spool_edxml
 from gateway.directory import DeliveryMode, Directory, load_directory
 from gateway.errors import MalformedInput
 
@@ -219,9 +221,27 @@ def _texts(root: etree._Element, path: str) -> list[str]:
     return [str(t).strip() for t in found if str(t).strip()]
 
 
+#: Packages above this are read as a stream (their files may be large).
+_READ_WHOLE = 1024 * 1024
+
+
+class _Dropped:
+    """Where the routing read puts a file's bytes: nowhere (the package is stored whole)."""
+
+    def write(self, data: bytes, /) -> int:
+        return len(data)
+
+
 def read_routing(package: bytes, message_type: str) -> Routing:
     """From, To (or ResponseFor for a status) and DocumentId, by local name (any prefix)."""
     try:
+        if len(package) > _READ_WHOLE:
+            # A file's base64 is one text node, past libxml2's 10 MB node limit for a file of
+            # 7.5 MB: read such a package as a stream, the files' bytes dropped, the rest kept.
+            limits = xmlsafe.XmlLimits(max_bytes=MAX_PACKAGE_BYTES,
+                                       max_text=STREAM_LIMITS.max_text)
+            package = spool_edxml(io.BytesIO(package), lambda _i: _Dropped(),
+                                  limits=limits).skeleton
         root = xmlsafe.parse(package, xmlsafe.XmlLimits(max_bytes=MAX_PACKAGE_BYTES))
     except MalformedInput as exc:
         raise HubRefusal(400, f"the package is not acceptable XML: {exc.detail}") from None

@@ -5,20 +5,31 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import socket
 import subprocess
 import sys
 import time
+import tracemalloc
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
-from adapters.central_hub import signed_headers
+from adapters.central_hub import HubClient, HubTransport, signed_headers
+from gateway.blobs import BlobStore, spool_package
+from gateway.codecs import decode
+from gateway.codecs.edxml import STREAM_LIMITS
+from gateway.delivery import Delivery
+from gateway.directory import Directory
+from gateway.envelope import DocumentEnvelope
 from gateway.settings import DEFAULT_DIRECTORY
+from tests.conftest import HUE, document
 from tests.e2e.test_cli import lienthong, one_error_line
 
 GATEWAY, VPCP, BNV = "lienthong-h57", "vpcp", "bnv"
@@ -191,3 +202,42 @@ def test_the_hub_peer_refuses_a_malformed_failure_option() -> None:
     )
     assert result.returncode == 2
     assert "an HTTP status 400..599, reset or slow" in result.stderr
+
+
+async def test_a_large_file_goes_to_the_hub_streamed_from_the_store(
+    start_hub: HubFactory, tmp_path: Path, sample_directory: Directory
+) -> None:
+    """Unsigned, a package whose 20 MiB file is in the blob store goes to the hub (run as its
+    own process, so only our side's memory is traced) without being held: the request's
+    digest and length come from a first pass over the store, the body from a second."""
+    url = start_hub({code: VPCP for code in ROUTED})
+    blobs = BlobStore(tmp_path / "blobs")
+    data = os.urandom(20 * 1024 * 1024)
+    digest = blobs.put(data)
+    size = len(data)
+    del data
+    body = document(HUE, [{"agency": ROUTED[0]}])["body"] | {"attachments": [{
+        "name": "Hồ sơ thiết kế.pdf", "media_type": "application/pdf", "size": size,
+        "sha256": digest}]}
+    message_id = str(uuid.uuid4())
+    canonical = orjson.dumps(document(HUE, [{"agency": ROUTED[0]}]) | {"body": body})
+    assert isinstance(decode(canonical), DocumentEnvelope)
+    async with aiohttp.ClientSession() as session:
+        ours = HubClient(session, url, GATEWAY, SECRETS[GATEWAY], timeout=120)
+        transport = HubTransport(ours, blobs=blobs)
+        tracemalloc.start()
+        try:
+            await transport.send(sample_directory.agencies[ROUTED[0]],
+                                 Delivery(message_id, HUE, 1, canonical))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        ministry = HubClient(session, url, VPCP, SECRETS[VPCP], timeout=120)
+        [doc] = await ministry.received()
+        package = await ministry.get_edoc(doc.doc_id)
+    assert peak < 4 * 1024 * 1024, f"{peak} bytes traced for a {size}-byte file"
+    assert doc.message_id == message_id
+    # What the ministry got is the package with the file in it, whole.
+    theirs = BlobStore(tmp_path / "ministry")
+    spooled, _ = spool_package(theirs, io.BytesIO(package), STREAM_LIMITS)
+    assert [(a.sha256, theirs.size(a.sha256)) for a in spooled.attachments] == [(digest, size)]
