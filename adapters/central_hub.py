@@ -90,6 +90,7 @@ from gateway.errors import (
     NotFound,
     PermanentFailure,
     RetryLater,
+    TooLarge,
     UnprocessableRequest,
 )
 from gateway.ingress import Check, admit
@@ -183,6 +184,21 @@ def _error_text(body: bytes) -> str:
     return ""
 
 
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int, path: str) -> bytes:
+    """The answer's body, refused once it passes ``limit`` bytes (before reading them all,
+    when the answer says its length)."""
+    too_large = TooLarge(f"hub {path}: the package is larger than the limit of {limit} bytes "
+                         "(LIENTHONG_MAX_PACKAGE_BYTES)")
+    if response.content_length is not None and response.content_length > limit:
+        raise too_large
+    content = bytearray()
+    async for piece in response.content.iter_chunked(256 * 1024):
+        content += piece
+        if len(content) > limit:
+            raise too_large
+    return bytes(content)
+
+
 class HubClient:
     """Signed calls to the hub as one system. The session is the caller's."""
 
@@ -195,6 +211,7 @@ class HubClient:
         *,
         timeout: float,
         clock: Callable[[], float] = time.time,
+        max_package_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         if not base_url or not system_id or not secret:
             raise ConfigError("the hub client needs a URL, a system id and a secret")
@@ -204,6 +221,7 @@ class HubClient:
         self._secret = secret  # never logged, never in an error
         self.timeout = timeout
         self.clock = clock
+        self.max_package_bytes = max_package_bytes  # what /getEdoc may answer, at most
 
     @classmethod
     def from_settings(cls, settings: Settings, session: aiohttp.ClientSession) -> HubClient:
@@ -213,7 +231,7 @@ class HubClient:
                 "are needed too"
             )
         return cls(session, settings.hub_url, settings.hub_system_id, settings.hub_secret,
-                   timeout=settings.push_timeout)
+                   timeout=settings.push_timeout, max_package_bytes=settings.max_package_bytes)
 
     def __repr__(self) -> str:
         return f"HubClient({self.base_url!r}, system={self.system_id!r})"
@@ -226,8 +244,10 @@ class HubClient:
         params: Mapping[str, str] | None = None,
         body: bytes | StreamedBody = b"",
         headers: Mapping[str, str] | None = None,
+        limit: int | None = None,
     ) -> tuple[bytes, Mapping[str, str]]:
-        """One signed request: the body and headers of a 2xx answer, else the mapped error."""
+        """One signed request: the body and headers of a 2xx answer, else the mapped error.
+        ``limit``: the most bytes the answer may have (:class:`TooLarge` past it)."""
         url = URL(self.base_url + path)
         if params:
             url = url.with_query(params)
@@ -251,8 +271,11 @@ class HubClient:
                 method, url, data=data, headers=sent,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:
-                content = await response.read()
                 status = response.status
+                if limit is None or not 200 <= status < 300:
+                    content = await response.read()
+                else:
+                    content = await _read_at_most(response, limit, path)
                 answer_headers: Mapping[str, str] = response.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise RetryLater(f"hub {path}: {exc.__class__.__name__}: {exc}") from exc
@@ -308,7 +331,9 @@ class HubClient:
         return docs
 
     async def get_edoc(self, doc_id: str) -> bytes:
-        content, _ = await self._call("GET", "/getEdoc", params={"docId": doc_id})
+        """The package; :class:`TooLarge` when it has more than ``max_package_bytes``."""
+        content, _ = await self._call("GET", "/getEdoc", params={"docId": doc_id},
+                                      limit=self.max_package_bytes)
         return content
 
     async def update_status(
@@ -515,6 +540,9 @@ class HubPoller:
             bound.warning("hub.fetch_failed", error=exc.detail)
             result.deferred.append(doc.doc_id)
             return
+        except TooLarge as exc:  # fetched again, it would be as large: refused for good
+            await self._refuse(doc, None, exc, result, bound)
+            return
         try:
             accepted = await self._admit(doc, package)
         except DeliveryError as exc:
@@ -537,7 +565,7 @@ class HubPoller:
             result.deferred.append(doc.doc_id)
 
     async def _refuse(
-        self, doc: ReceivedDoc, package: bytes, exc: GatewayError, result: PollResult,
+        self, doc: ReceivedDoc, package: bytes | None, exc: GatewayError, result: PollResult,
         bound: Any,
     ) -> None:
         """The gateway said no: for good (mark it ``fail``), or for now (a 5xx: our store or
@@ -549,7 +577,7 @@ class HubPoller:
         reason = _reason(exc)
         # Never the package itself: it may hold personal data.
         bound.error("hub.package_refused", reason=reason,
-                    sha256=hashlib.sha256(package).hexdigest())
+                    sha256=hashlib.sha256(package).hexdigest() if package is not None else None)
         if await self._mark(doc, "fail", bound, reason=reason, problem=exc.problem()):
             result.refused[doc.doc_id] = reason
         else:

@@ -123,6 +123,14 @@ class UnprocessableRequest(GatewayError):
     type_slug = "unprocessable"
 
 
+class TooLarge(GatewayError):
+    """More bytes than a configured limit (a package fetched from a peer, for instance)."""
+
+    status = 413
+    title = "Content too large"
+    type_slug = "too-large"
+
+
 class Unavailable(GatewayError):
     status = 503
     title = "Service unavailable"

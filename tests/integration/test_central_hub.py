@@ -634,3 +634,32 @@ async def test_a_large_file_from_the_hub_is_kept_whole_for_our_agency(
                               headers=await gw.auth(HUE))
     assert got.status == 200
     assert hashlib.sha256(await got.read()).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+async def test_a_package_over_our_size_limit_is_refused_at_the_hub_not_fetched_forever(
+    make_gateway: GatewayFactory, settings: Settings, peer: HubPeer, ministry: HubClient
+) -> None:
+    """LIENTHONG_MAX_PACKAGE_BYTES bounds what the poller reads from /getEdoc too: a larger
+    package is marked ``fail`` with the limit as the reason (fetched again, it would be as
+    large), and the next one still comes in."""
+    import os
+
+    from tests.e2e.test_large_attachments import big_package
+
+    gw = await make_gateway(settings=peer.settings(settings, max_package_bytes=1_000_000))
+    large = big_package(G04, HUE, os.urandom(1_000_000))
+    [large_doc] = await ministry.send_edoc(large, message_type="edoc",
+                                           message_id=str(uuid.uuid4()))
+    package, document_id = ministry_document([HUE], number="7")
+    [small_doc] = await ministry.send_edoc(package, message_type="edoc",
+                                           message_id=document_id)
+    await settled(gw, peer)
+    answer = await ministry.edoc_status(large_doc)
+    assert answer["status"] == FAIL
+    assert "larger than the limit of 1000000 bytes" in answer["reason"]
+    assert answer["problem"]["status"] == 413
+    assert peer.hub.docs[small_doc].status == DONE
+    page = await (await gw.client.get("/api/v1/inbox", headers=await gw.auth(HUE))).json()
+    assert [i["message_id"] for i in page["items"]] == [str(message_id_for(document_id))]
+    await asyncio.sleep(0.5)  # marked once, then no longer listed
+    assert len(peer.hub.calls("/getEdoc")) == 2
