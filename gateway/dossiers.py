@@ -126,7 +126,7 @@ class DossierState:
     returns: int = 0
     apologies: int = 0
     alerts: tuple[tuple[str, str], ...] = ()  # (level, step key) already raised
-    step_key: str | None = None  # the hand-over that started the running step
+    step_key: str | None = None  # the hand-over (or transfer) that started the running step
     seq: int = 0
     involved: frozenset[str] = field(default_factory=frozenset)
 
@@ -293,7 +293,10 @@ def _transfer(s: DossierState, event: Event) -> DossierState:
              Hold(event.to, event.at, due_at=last.due_at, accepted=last.accepted))
     pending = replace(s.pending, receiver=event.to) if s.pending else None
     holder = event.to if s.holder is not None else None
-    return replace(s, holds=holds, pending=pending, holder=holder,
+    # The running step goes on under a new key: alerts already raised were for the agency
+    # that is gone; the successor, which must act now, is alerted in its own right.
+    step_key = event.message_id if s.step_key is not None else None
+    return replace(s, holds=holds, pending=pending, holder=holder, step_key=step_key,
                    involved=s.involved | {event.to})
 
 

@@ -118,6 +118,24 @@ async def test_dossiers_of_a_dissolved_agency_move_to_its_successor(
     assert (await later.store.dossier(CODE)).phase == "completed"
 
 
+async def test_a_successor_is_alerted_for_a_step_its_predecessor_was_alerted_for(
+    make_gateway: GatewayFactory, sample_directory: Directory
+) -> None:
+    """Phong Điền was told the dossier is overdue, then merged into the province: the province,
+    which now must act, is told too (once), not left to find out."""
+    first = await make_gateway(broker=False)
+    due = await started(first)
+    late = due + timedelta(hours=1)
+    assert [e.level for e in await run_once(first.client.app, now=late)] == ["overdue"]
+    merged = dissolve(sample_directory, PHONG_DIEN, PROVINCE)
+    later = await make_gateway(broker=False, directory=merged)
+    moved = await run_once(later.client.app, now=late + timedelta(hours=1))
+    assert [(e.step, e.level) for e in moved] == [("transfer", None), ("alert", "overdue")]
+    alert = await later.store.message(moved[1].message_id)
+    assert sorted(r.agency for r in alert.recipients) == sorted([COMMUNE, PROVINCE])
+    assert await run_once(later.client.app, now=late + timedelta(hours=2)) == []
+
+
 async def test_queued_message_for_a_dissolved_agency_is_redirected(
     make_gateway: GatewayFactory, sample_directory: Directory
 ) -> None:
