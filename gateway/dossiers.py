@@ -118,7 +118,7 @@ class DossierState:
     holder: str | None  # None while in transit
     pending: Pending | None = None
     holds: tuple[Hold, ...] = ()
-    due_at: datetime | None = None  # the current step's due time
+    due_at: datetime | None = None  # the current step's (returned: the appointment)
     new_appointment_at: datetime | None = None  # set by the latest apology
     completed_at: datetime | None = None
     withdrawn_at: datetime | None = None
@@ -261,10 +261,12 @@ def _answer(s: DossierState, event: Event) -> DossierState:
     if event.step is Step.ACCEPT:  # the receiver's stretch began with the hand-over
         holds = (*s.holds[:-1], replace(s.holds[-1], accepted=True))
         return replace(s, phase=Phase.HELD, holder=event.actor, pending=None, holds=holds)
-    # Returned: back in the sender's hands, with no step running until it hands it over again.
+    # Returned: back in the sender's hands, with no route step running until it hands it over
+    # again; what it is late against meanwhile is the appointment (as the statistics count it),
+    # and the return starts the alerts for that.
     return replace(s, phase=Phase.HELD, holder=p.sender, pending=None, returns=s.returns + 1,
-                   holds=(*_close(s.holds, event.at), Hold(p.sender, event.at)), due_at=None,
-                   step_key=None)
+                   holds=(*_close(s.holds, event.at), Hold(p.sender, event.at)),
+                   due_at=s.appointment_at, step_key=event.message_id)
 
 
 def _withdraw(s: DossierState, event: Event) -> DossierState:

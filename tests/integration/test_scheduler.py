@@ -87,6 +87,33 @@ async def test_alerted_dossiers_do_not_crowd_out_the_others(
         assert alerts == ["overdue"], code
 
 
+async def test_a_returned_dossier_past_its_appointment_is_alerted_once(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Returned (trả lại) to the commune, no step runs: the appointment (ngày hẹn trả) is what
+    it is late against, as the statistics count it; the commune is told once it passes."""
+    gateway = await make_gateway(broker=False)
+    handover = await ok(gateway, COMMUNE, dossier(COMMUNE, PHONG_DIEN))
+    await ok(gateway, PHONG_DIEN, step(PHONG_DIEN, COMMUNE, "return", about=handover,
+                                       reason="Thiếu bản sao giấy chứng nhận"))
+    row = await gateway.store.dossier(CODE)
+    assert (row.holder, row.due_at) == (COMMUNE, row.appointment_at)
+    app = gateway.client.app
+    assert await run_once(app, now=row.appointment_at - timedelta(days=30)) == []
+    late = row.appointment_at + timedelta(hours=1)
+    alerts = await run_once(app, now=late)
+    assert [(e.code, e.level) for e in alerts] == [(CODE, "overdue")]
+    message = await gateway.store.message(alerts[0].message_id)
+    assert [r.agency for r in message.recipients] == [COMMUNE]
+    assert await run_once(app, now=late + timedelta(days=1)) == []
+    # Handed over again, the new step has its own due time and its own alerts.
+    await ok(gateway, COMMUNE, dossier(COMMUNE, PHONG_DIEN))
+    again = await gateway.store.dossier(CODE)
+    assert again.due_at is not None and again.due_at < row.appointment_at
+    assert [e.level for e in await run_once(app, now=again.due_at + timedelta(hours=1))] == [
+        "overdue"]
+
+
 async def test_two_schedulers_at_once_alert_once(make_gateway: GatewayFactory) -> None:
     one = await make_gateway(broker=False)
     two = await make_gateway(broker=False)  # another process on the same database
