@@ -709,15 +709,20 @@ class _Walk:
         self.nested_from = False  # a From in a From: the vendor defect _repair() undoes
         self.base64 = False  # a base64 leaf was seen: decoding it is its check
         self.extensions: list[tuple[dict[str, Any], etree._Element]] = []
-        #: The element of each walked node, by id(node): for error messages only.
-        self.elements: dict[int, etree._Element] = {}
+        #: Each walked node with its element, for error messages (and the origin of an
+        #: attachment): a list append per node costs less than a dict keyed by id(node), and
+        #: is looked up only a few times per package.
+        self.elements: list[tuple[dict[str, Any], etree._Element]] = []
 
     def element(self, node: dict[str, Any]) -> etree._Element:
-        return self.elements[id(node)]
+        for walked, el in self.elements:
+            if walked is node:
+                return el
+        raise KeyError("not a walked node")
 
     def node(self, el: etree._Element, spec: Complex) -> dict[str, Any]:
         node: dict[str, Any] = {}
-        self.elements[id(node)] = el
+        self.elements.append((node, el))
         suspicious = False
         text = el.text
         if text is not None and not (text.isascii() and text.isspace()):
@@ -1213,8 +1218,9 @@ class _Decoder:
         self.package, self.root, self.walk = package, root, walk
         self.claims: Mapping[int, StreamedAttachment] = claims or {}
         #: Where a field came from when it is not where _ORIGINS says (the gateway extension,
-        #: attachments in manifest order, a Place list with empty places): its element.
-        self.origin: dict[tuple[Any, ...], etree._Element] = {}
+        #: attachments in manifest order, a Place list with empty places): its element, or its
+        #: walked node (looked up only when an error names it).
+        self.origin: dict[tuple[Any, ...], etree._Element | dict[str, Any]] = {}
         self.overridden: set[str] = set()
         self.document_key = ""  # the DocumentId as written (an operation's id derives from it)
         envelope = package.get("edXMLEnvelope")
@@ -1473,7 +1479,7 @@ class _Decoder:
         thl = self.header_node.get("TraceHeaderList")
         bussiness = thl.get("Bussiness") if thl is not None else None
         if bussiness is None:
-            self.origin[("body",)] = self.el(self.mh)
+            self.origin[("body",)] = self.mh
             return
         raw = bussiness.pop("BussinessDocType", None)
         operation = Operation.NEW
@@ -1540,7 +1546,7 @@ class _Decoder:
         self, i: int, ref: dict[str, Any] | None, f: dict[str, Any],
         claim: StreamedAttachment | None = None,
     ) -> dict[str, Any]:
-        self.origin[("body", "attachments", i)] = self.el(f)
+        self.origin[("body", "attachments", i)] = f
         values: dict[str, str | None] = {}
         for field_name in ("AttachmentName", "ContentType", "Description"):
             own = self.text(f, field_name)
@@ -1599,7 +1605,7 @@ class _Decoder:
         }
         staff = mh.get("StaffInfo")
         if "Description" not in mh:
-            self.origin[("body",)] = self.el(mh)
+            self.origin[("body",)] = mh
         body: dict[str, Any] = {
             "about": message_id_for(about),
             "code": self.required(mh, "StatusCode"),
@@ -1619,7 +1625,7 @@ class _Decoder:
             for cut in range(len(loc), 0, -1):
                 found = self.origin.get(loc[:cut])
                 if found is not None:
-                    element = found
+                    element = self.el(found) if isinstance(found, dict) else found
                     break
                 steps = _origin_steps(kind, loc[:cut])
                 if steps is not None:
@@ -1663,8 +1669,8 @@ def _carry_keys(count: int) -> list[str]:
 
 
 def _carry_extra(text: str) -> dict[str, str]:
-    if not text:
-        return {}
+    if len(text) <= _CARRY_CHUNK:  # the usual case: one value (see _chunks)
+        return {CARRY_KEY: text} if text else {}
     chunks = _chunks(text)
     return dict(zip(_carry_keys(len(chunks)), chunks, strict=True))
 
