@@ -74,7 +74,9 @@ MaBam, MoTa                    sha256, description                With DuLieu (b
                                                                   sha256 are computed (a given
                                                                   KichThuoc or MaBam must agree);
                                                                   without, both are required (the
-                                                                  file is in the blob store)
+                                                                  file is in the blob store,
+                                                                  uploaded first: POST
+                                                                  /api/v1/attachments)
 GhiChu                         body.comment
 ThongTinKhac: {key: text}      body.fields                        the procedure's own fields
 =============================  =================================  ===============================

@@ -22,6 +22,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Set
+from datetime import timedelta
 from pathlib import Path
 from typing import IO
 
@@ -34,6 +35,9 @@ CHUNK = 256 * 1024
 #: A package no larger than this cannot hold a file above the inline limit (the Envelope's
 #: ``Attachment.content`` max length): it is decoded in memory, a larger one through the store.
 STREAM_ABOVE = 1_400_000
+#: How long a file uploaded ahead of its JSON message (``POST /api/v1/attachments``) may be
+#: named by that agency's messages, and is kept by ``lienthong blobs gc`` while unnamed.
+UPLOAD_VALID = timedelta(hours=24)
 
 
 class BlobSink:
@@ -74,14 +78,11 @@ class BlobSink:
             # Claimed again: its age restarts, so neither the collector nor another request's
             # clean-up (which removes only a file unchanged since it wrote it) takes it now.
             try:
-                # Strictly later than before, even within one tick of the coarse file clock.
-                now = max(time.time_ns(), final.stat().st_mtime_ns + 1)
-                os.utime(final, ns=(now, now))
-            except FileNotFoundError:  # collected in between: ours becomes the stored one
+                self.committed_ns = self._store.claim(digest)
+            except NotFound:  # collected in between: ours becomes the stored one
                 pass
             else:
                 self._tmp.unlink(missing_ok=True)
-                self.committed_ns = final.stat().st_mtime_ns
                 return digest
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self._tmp, final)
@@ -140,6 +141,19 @@ class BlobStore:
         with self.sink() as sink:
             sink.write(data)
             return sink.commit()
+
+    def claim(self, sha256: str) -> int:
+        """A message is about to name this file: make it young again (its mtime strictly
+        later, even within one tick of the coarse file clock), so that neither the collector
+        nor a refused request's clean-up takes it now; returns the new mtime (ns).
+        :class:`NotFound` when it is not stored."""
+        path = self.path(sha256)
+        try:
+            now = max(time.time_ns(), path.stat().st_mtime_ns + 1)
+            os.utime(path, ns=(now, now))
+        except FileNotFoundError:
+            raise NotFound(f"no stored attachment {sha256}") from None
+        return now
 
     def remove(self, written: Mapping[str, int]) -> None:
         """Remove the files a refused package brought (digest: the mtime its commit left),

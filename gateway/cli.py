@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -325,7 +326,7 @@ def cmd_audit_verify(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_blobs_gc(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.blobs import BlobStore
+    from gateway.blobs import UPLOAD_VALID, BlobStore
     from gateway.store.store import Store
 
     async def go() -> int:
@@ -333,8 +334,10 @@ def cmd_blobs_gc(settings: Settings, args: argparse.Namespace) -> int:
         # Candidates first, references second: a file claimed while the references are read
         # is newer than the grace by then, and collect() checks its age again.
         candidates = dict(blobs.stored(args.older_than))
+        nameable = datetime.now(UTC) - UPLOAD_VALID  # uploads a message may still name
         async with Store.open(settings.store_url) as store:
-            referenced = await store.referenced_blobs()
+            referenced = await store.referenced_blobs(uploads_since=nameable)
+            forgotten = 0 if args.dry_run else await store.forget_uploads(nameable)
         unreferenced = [d for d in candidates if d not in referenced]
         if args.dry_run:
             removed = unreferenced
@@ -345,8 +348,9 @@ def cmd_blobs_gc(settings: Settings, args: argparse.Namespace) -> int:
         verb = "would remove" if args.dry_run else "removed"
         sys.stdout.write(
             f"{verb} {len(removed)} unreferenced files ({freed} bytes); "
-            f"kept {len(candidates) - len(removed)} older files that messages name; "
-            f"{swept} unfinished writes swept\n"
+            f"kept {len(candidates) - len(removed)} older files that messages or recent "
+            f"uploads name; {swept} unfinished writes swept; {forgotten} expired uploads "
+            "forgotten\n"
         )
         return 0
 

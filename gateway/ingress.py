@@ -10,6 +10,7 @@ with the same bytes, returns the first answer and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import uuid
@@ -21,7 +22,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from gateway.api.keys import BROKER, CALENDAR, DIRECTORY, RELAY, STORE
+from gateway.api.keys import BLOBS, BROKER, CALENDAR, DIRECTORY, RELAY, STORE
+from gateway.blobs import UPLOAD_VALID
 from gateway.codecs import encode
 from gateway.directory import DeliveryMode
 from gateway.dossiers import DossierState, Event, Step, WorkingDays, apply, fold
@@ -96,6 +98,7 @@ async def admit(
                 raise IdempotencyKeyReused()
             return accepted
     envelope = decoder(body)
+    stored = stored | await _uploaded(app, agency, envelope, stored)
     _claims_are_stored(envelope, stored)
     header = envelope.header
     if header.sender != agency:
@@ -375,17 +378,45 @@ async def _dossier_step(
     return tuple(sorted(wanted)), DossierWrite(event, new, None, preceding)
 
 
+async def _uploaded(app: web.Application, agency: str, envelope: AnyEnvelope,
+                    stored: frozenset[str]) -> frozenset[str]:
+    """The claim checks of ``envelope`` that name files ``agency`` itself uploaded ahead
+    (``POST /api/v1/attachments``) within :data:`UPLOAD_VALID`, still stored, with the size
+    the envelope says; each is claimed (made young) so the collector keeps it."""
+    files = getattr(envelope.body, "attachments", [])
+    wanted = {a.sha256 for a in files if a.content is None and a.sha256 not in stored}
+    blobs = app.get(BLOBS)
+    if not wanted or blobs is None:
+        return frozenset()
+    found = await app[STORE].uploads_of(agency, sorted(wanted), utcnow() - UPLOAD_VALID)
+    for i, att in enumerate(files):
+        size = found.get(att.sha256)
+        if att.content is None and size is not None and att.size != size:
+            raise UnprocessableRequest(
+                f"attachment {i + 1} ({att.name}): the uploaded file has {size} bytes",
+                errors=[FieldError(f"/body/attachments/{i}/size", f"{size}, as uploaded")])
+    claimed: set[str] = set()
+    for digest in found:
+        try:
+            await asyncio.to_thread(blobs.claim, digest)
+        except NotFound:
+            continue  # collected since: not stored, refused below like any unknown digest
+        claimed.add(digest)
+    return frozenset(claimed)
+
+
 def _claims_are_stored(envelope: AnyEnvelope, stored: frozenset[str]) -> None:
-    """A claim check must be for a file this request stored. The blob store is shared and
-    addressed by digest: accepting any digest a client names would let an agency that learnt
-    a digest attach (and then read back) another agency's file, or send a reference to
-    nothing, which its recipients could never open."""
+    """A claim check must be for a file this request stored, or one the same agency
+    uploaded. The blob store is shared and addressed by digest: accepting any digest a client
+    names would let an agency that learnt a digest attach (and then read back) another
+    agency's file, or send a reference to nothing, which its recipients could never open."""
     for i, att in enumerate(getattr(envelope.body, "attachments", [])):
         if att.content is None and att.sha256 not in stored:
             raise UnprocessableRequest(
-                f"attachment {i + 1} ({att.name}) has no content: send the file itself "
-                "(inline base64, or an edXML package, whose large files the gateway streams "
-                "into its store)",
+                f"attachment {i + 1} ({att.name}) has no content and is not a file this agency "
+                "uploaded in the last 24 hours: send the file inline (base64), upload it first "
+                "(POST /api/v1/attachments) and name it by its SHA-256, or send an edXML "
+                "package, whose large files the gateway streams into its store",
                 errors=[FieldError(f"/body/attachments/{i}/content", "required")],
             )
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import re
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -13,7 +15,8 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway.api.keys import AGENCY, BLOBS, BROKER, STORE
+from gateway.api.keys import AGENCY, BLOBS, BROKER, SETTINGS, STORE
+from gateway.blobs import UPLOAD_VALID
 from gateway.codecs import decode
 from gateway.envelope import AnyEnvelope
 from gateway.errors import (
@@ -23,6 +26,7 @@ from gateway.errors import (
     NotFound,
     SchemaViolation,
     Unavailable,
+    UnprocessableRequest,
 )
 from gateway.ingress import Check, admit
 from gateway.store.store import (
@@ -30,12 +34,14 @@ from gateway.store.store import (
     InboxEntry,
     MessageRow,
     RecipientRow,
+    utcnow,
 )
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
 _KEY_MAX = 255
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None
@@ -169,6 +175,48 @@ async def visible_message(request: web.Request) -> tuple[str, MessageRow]:
     if agency != row.sender and agency not in {r.agency for r in row.recipients}:
         raise Forbidden(f"agency {agency} is neither the sender nor a recipient of {row.id}")
     return agency, row
+
+
+_SHA256_HEADER = "X-Content-SHA256"
+_UPLOAD_CHUNK = 256 * 1024
+
+
+@routes.post("/api/v1/attachments")
+async def upload_attachment(request: web.Request) -> web.Response:
+    """A file too large to inline in a JSON message (the portal's TaiLieuNop without DuLieu,
+    or any ``body.attachments`` entry without ``content``): streamed into the blob store,
+    never held whole; the calling agency may then name it by SHA-256 and size in its
+    messages for :data:`UPLOAD_VALID`. An ``X-Content-SHA256`` header, when given, must be
+    the digest of what arrived (a cut upload is refused, not stored)."""
+    app = request.app
+    blobs, limit = app[BLOBS], app[SETTINGS].max_package_bytes
+    expected = request.headers.get(_SHA256_HEADER)
+    if expected is not None and not _HEX64.fullmatch(expected.lower()):
+        raise MalformedInput(f"{_SHA256_HEADER} is not a hex SHA-256",
+                             errors=[FieldError(f"header:{_SHA256_HEADER}", "64 hex digits")])
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    sink = await asyncio.to_thread(blobs.sink)
+    try:
+        async for piece in request.content.iter_chunked(_UPLOAD_CHUNK):
+            if sink.size + len(piece) > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit,
+                                                    actual_size=sink.size + len(piece))
+            await asyncio.to_thread(sink.write, piece)
+        if expected is not None and sink.sha256 != expected.lower():
+            raise UnprocessableRequest(
+                f"the {sink.size} bytes received do not have the SHA-256 {_SHA256_HEADER} "
+                "names (cut or altered on the way): nothing was stored",
+                errors=[FieldError(f"header:{_SHA256_HEADER}", "not the received bytes'")])
+        digest = await asyncio.to_thread(sink.commit)
+    finally:
+        await asyncio.to_thread(sink.discard)  # after a commit: nothing left to remove
+    agency: str = request[AGENCY]
+    await app[STORE].record_upload(agency, digest, sink.size)
+    valid_until = utcnow() + UPLOAD_VALID
+    log.info("attachment.uploaded", agency=agency, sha256=digest, size=sink.size)
+    return json_response({"sha256": digest, "size": sink.size, "valid_until": valid_until},
+                         status=201)
 
 
 @routes.get("/api/v1/messages/{id}/attachments/{n}")

@@ -40,6 +40,7 @@ from gateway.store.tables import (
     messages,
     outbox,
     recipients,
+    uploads,
 )
 
 TOKEN_PREFIX = "lt_"  # noqa: S105 - a prefix that makes leaked tokens recognisable
@@ -1001,12 +1002,44 @@ class Store:
             )
         return checked, None
 
-    async def referenced_blobs(self, batch: int = 1000) -> set[str]:
+    async def record_upload(self, agency: str, sha256: str, size: int) -> None:
+        """``agency`` uploaded this file: it may name it in a message (again, if it had)."""
+        now = utcnow()
+        async with self.write() as conn:
+            await conn.execute(_insert_ignore(conn, uploads).values(
+                agency=agency, sha256=sha256, size=size, uploaded_at=now))
+            await conn.execute(uploads.update().where(
+                uploads.c.agency == agency, uploads.c.sha256 == sha256).values(uploaded_at=now))
+
+    async def uploads_of(self, agency: str, digests: Sequence[str], since: datetime
+                         ) -> dict[str, int]:
+        """Of ``digests``, those ``agency`` uploaded at ``since`` or later, with their size."""
+        if not digests:
+            return {}
+        async with self.read() as conn:
+            rows = await conn.execute(
+                sa.select(uploads.c.sha256, uploads.c.size).where(
+                    uploads.c.agency == agency, uploads.c.sha256.in_(list(digests)),
+                    uploads.c.uploaded_at >= since))
+            return {r.sha256: int(r.size) for r in rows}
+
+    async def forget_uploads(self, before: datetime) -> int:
+        """Drop the uploads older than ``before`` (no longer nameable); how many."""
+        async with self.write() as conn:
+            result = await conn.execute(uploads.delete().where(uploads.c.uploaded_at < before))
+        return int(result.rowcount or 0)
+
+    async def referenced_blobs(self, batch: int = 1000, *,
+                               uploads_since: datetime | None = None) -> set[str]:
         """The SHA-256 of every file a stored message names (its attachments'), read a page
-        at a time in id order: what the blob collector must keep."""
+        at a time in id order, and of the uploads since ``uploads_since`` (still nameable):
+        what the blob collector must keep."""
         found: set[str] = set()
         after: str | None = None
         async with self.read() as conn:
+            if uploads_since is not None:
+                found.update((await conn.execute(sa.select(uploads.c.sha256).where(
+                    uploads.c.uploaded_at >= uploads_since))).scalars())
             while True:
                 query = (sa.select(messages.c.id, messages.c.envelope)
                          .where(messages.c.envelope.contains('"sha256":"'))

@@ -281,3 +281,15 @@ dossier_holds = Table(
     Column("accepted", Integer, nullable=False),  # 0: a hand-over not yet answered
     Index(None, "agency", "since"),
 )
+
+#: Files an agency uploaded to name in a JSON message (``POST /api/v1/attachments``): the
+#: only digests, besides those of files the same request brought, a message may claim.
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("agency", AgencyCode, primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("uploaded_at", UTCDateTime(), nullable=False),
+    Index(None, "uploaded_at"),
+)

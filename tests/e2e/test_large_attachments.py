@@ -11,17 +11,27 @@ import os
 import re
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from gateway.blobs import BlobStore
+from gateway.blobs import UPLOAD_VALID, BlobStore
 from gateway.codecs import decode, decode_edxml, encode_edxml
 from gateway.directory import Directory
 from gateway.service import build_app
 from gateway.settings import Settings
-from tests.conftest import HUE, PHONG_DIEN, PROVINCE, PUSH_AGENCY, Gateway, document
+from gateway.store.tables import uploads
+from tests.conftest import (
+    HUE,
+    PHONG_DIEN,
+    PROVINCE,
+    PUSH_AGENCY,
+    Gateway,
+    GatewayFactory,
+    document,
+)
 from tests.e2e.test_edxml_api import XML, count, edxml_push_gateway, speaking_edxml
 from tests.integration.test_stats import lienthong
 from tests.peers.push_endpoint import PushEndpoint
@@ -199,16 +209,110 @@ async def test_blobs_gc_removes_only_the_files_no_message_names(gateway: Gateway
     blobs = BlobStore(gateway.settings.blob_dir)
     orphan = blobs.put(os.urandom(1000))  # as a crash between store and accept would leave
     young = blobs.put(os.urandom(1000))  # an upload in progress: inside the grace period
+    uploaded = (await (await upload(gateway, HUE, os.urandom(500))).json())["sha256"]
     two_hours_ago = time.time() - 7200
-    for digest in (kept, orphan):
+    for digest in (kept, orphan, uploaded):  # the upload: not named yet, but still nameable
         os.utime(blobs.path(digest), (two_hours_ago, two_hours_ago))
     code, out, err = await lienthong(gateway.settings, "blobs", "gc", "--dry-run")
     assert code == 0, err
-    assert out.startswith("would remove 1 unreferenced files (1000 bytes); kept 1 ")
+    assert out.startswith("would remove 1 unreferenced files (1000 bytes); kept 2 ")
     assert blobs.exists(orphan)
     code, out, err = await lienthong(gateway.settings, "blobs", "gc", "--older-than", "1h")
     assert code == 0, err
-    assert out.startswith("removed 1 unreferenced files (1000 bytes); kept 1 ")
-    assert {d for d in (kept, orphan, young) if blobs.exists(d)} == {kept, young}
+    assert out.startswith("removed 1 unreferenced files (1000 bytes); kept 2 ")
+    assert out.rstrip().endswith("0 expired uploads forgotten")
+    assert {d for d in (kept, orphan, young, uploaded) if blobs.exists(d)} == {
+        kept, young, uploaded}
+    # A day later the upload can no longer be named (refused), and its file goes.
+    async with gateway.store.write() as conn:
+        await conn.execute(uploads.update().values(
+            uploaded_at=datetime.now(UTC) - UPLOAD_VALID - timedelta(minutes=1)))
+    late = await gateway.send(HUE, naming(HUE, PROVINCE, 500, uploaded))
+    assert late.status == 422
+    code, out, err = await lienthong(gateway.settings, "blobs", "gc")
+    assert code == 0, err
+    assert out.startswith("removed 1 unreferenced files (500 bytes); kept 1 ")
+    assert out.rstrip().endswith("1 expired uploads forgotten")
+    assert not blobs.exists(uploaded)
     bad = await lienthong(gateway.settings, "blobs", "gc", "--older-than", "soon")
     assert bad[0] == 2 and "--older-than" in bad[2]
+
+
+async def upload(gw: Gateway, agency: str, data: bytes, **headers: str) -> Any:
+    return await gw.client.post("/api/v1/attachments", data=io.BytesIO(data),
+                                headers={**await gw.auth(agency), **headers})
+
+
+def naming(sender: str, to: str, size: int, digest: str) -> dict[str, Any]:
+    """A JSON document whose one file is named by a claim check (no content)."""
+    envelope = document(sender, [{"agency": to}])
+    envelope["body"]["attachments"] = [{"name": "Báo cáo.pdf", "media_type": "application/pdf",
+                                        "size": size, "sha256": digest}]
+    return envelope
+
+
+async def test_a_json_message_names_a_file_its_agency_uploaded(gateway: Gateway) -> None:
+    data = os.urandom(3_000_000)
+    digest = hashlib.sha256(data).hexdigest()
+    response = await upload(gateway, HUE, data, **{"X-Content-SHA256": digest.upper()})
+    assert response.status == 201, await response.text()
+    answer = await response.json()
+    assert (answer["sha256"], answer["size"]) == (digest, len(data))
+    sent = await gateway.send(HUE, naming(HUE, PROVINCE, len(data), digest))
+    assert sent.status == 202, await sent.text()
+    message_id = (await sent.json())["id"]
+    await gateway.wait_state(message_id, PROVINCE, "delivered")
+    got = await gateway.client.get(f"/api/v1/messages/{message_id}/attachments/0",
+                                   headers=await gateway.auth(PROVINCE))
+    assert got.status == 200 and hashlib.sha256(await got.read()).hexdigest() == digest
+    # Another agency that learnt the digest cannot name the file: it did not upload it.
+    stranger = await gateway.send(PHONG_DIEN, naming(PHONG_DIEN, PROVINCE, len(data), digest))
+    assert stranger.status == 422
+    problem = await stranger.json()
+    assert problem["errors"][0]["pointer"] == "/body/attachments/0/content"
+    assert "POST /api/v1/attachments" in problem["detail"]
+    # The uploader naming it with another size is told the size it uploaded.
+    wrong = await gateway.send(HUE, naming(HUE, PROVINCE, 42, digest))
+    assert wrong.status == 422
+    assert (await wrong.json())["errors"] == [
+        {"pointer": "/body/attachments/0/size", "detail": f"{len(data)}, as uploaded"}]
+    assert await count(gateway) == 1
+
+
+async def test_an_upload_is_checked_before_it_is_kept(make_gateway: GatewayFactory,
+                                                      settings: Settings) -> None:
+    gw = await make_gateway(settings=settings.with_(max_package_bytes=2_000_000))
+    data = os.urandom(1_000_000)
+    cut = await upload(gw, HUE, data[:-1], **{
+        "X-Content-SHA256": hashlib.sha256(data).hexdigest()})
+    assert cut.status == 422
+    assert (await cut.json())["errors"][0]["pointer"] == "header:X-Content-SHA256"
+    bad = await upload(gw, HUE, data, **{"X-Content-SHA256": "not-a-digest"})
+    assert bad.status == 400
+    too_large = await upload(gw, HUE, os.urandom(2_000_001))
+    assert too_large.status == 413
+    anonymous = await gw.client.post("/api/v1/attachments", data=b"x")
+    assert anonymous.status == 401
+    assert stored_files(gw.settings) == []
+    assert [p.name for p in (gw.settings.blob_dir / "tmp").iterdir()] == []
+
+
+async def test_a_portal_dossier_names_an_uploaded_scan(make_gateway: GatewayFactory,
+                                                       settings: Settings) -> None:
+    """The portal's TaiLieuNop without DuLieu: MaBam and KichThuoc of a file uploaded first
+    (a scanned application of several megabytes)."""
+    from tests.integration.test_one_stop_shop import COMMUNE as PORTAL_COMMUNE
+    from tests.integration.test_one_stop_shop import dossier as portal_dossier
+    from tests.integration.test_one_stop_shop import post as post_dossier
+
+    gw = await make_gateway()
+    scan = os.urandom(2_500_000)
+    digest = hashlib.sha256(scan).hexdigest()
+    assert (await upload(gw, PORTAL_COMMUNE, scan)).status == 201
+    files = [{"TenTepDinhKem": "Don de nghi.pdf", "MaBam": digest, "KichThuoc": len(scan)}]
+    response = await post_dossier(gw, PORTAL_COMMUNE, portal_dossier(TaiLieuNop=files))
+    assert response.status == 202, await response.text()
+    row = await gw.store.message((await response.json())["id"])
+    [attachment] = orjson.loads(row.envelope)["body"]["attachments"]
+    assert (attachment["sha256"], attachment["size"], attachment.get("content")) == (
+        digest, len(scan), None)
