@@ -51,11 +51,12 @@ from aiohttp import web
 from adapters.base import Adapter
 from gateway import signing  # a module: SIGNER, edxml_check and sign_outgoing
 from gateway.api.keys import AGENCY, BLOBS, SETTINGS
-from gateway.api.routes import inbox_page, ingest, visible_message
+from gateway.api.routes import inbox_page, ingest, receive_bounded, visible_message
 from gateway.blobs import STREAM_ABOVE, spool_package
 from gateway.codecs import decode, decode_edxml, encode_edxml
-from gateway.codecs.edxml import STREAM_LIMITS, Spooled, iter_edxml, stored_attachments
+from gateway.codecs.edxml import STREAM_LIMITS, Spooled, stored_attachments
 from gateway.codecs.xmlsafe import XmlLimits
+from gateway.delivery import pieces_of
 from gateway.envelope import AnyEnvelope
 from gateway.errors import GatewayError
 from gateway.ingress import AuditNote, Check
@@ -78,7 +79,6 @@ EDXML = EdxmlCodec()
 
 
 SENDER_AT = "/edXML/edXMLEnvelope/edXMLHeader/MessageHeader/From/OrganId"
-_READ = 256 * 1024
 
 
 @routes.post("/api/v1/edxml/messages")
@@ -97,17 +97,9 @@ async def _post_streamed(request: web.Request) -> web.Response:
     another message already had them), and nothing else was written."""
     app = request.app
     blobs, limit = app[BLOBS], app[SETTINGS].max_package_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit,
-                                            actual_size=request.content_length)
     limits = XmlLimits(max_bytes=limit, max_text=STREAM_LIMITS.max_text)
     with tempfile.TemporaryFile(dir=blobs.root / "tmp", suffix=".edxml") as spool:
-        size = 0
-        async for piece in request.content.iter_chunked(_READ):
-            size += len(piece)
-            if size > limit:
-                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
-            spool.write(piece)
+        await receive_bounded(request, limit, spool.write)
         spool.seek(0)
         spooled, new = await asyncio.to_thread(spool_package, blobs, spool, limits)
         claims = spooled.claims
@@ -161,12 +153,11 @@ async def get_edxml(request: web.Request) -> web.StreamResponse:
     if not stored:
         return _package(request, row.envelope)
     blobs = request.app[BLOBS]
-    for att in stored:  # before the first byte goes out: a missing file is a clean error
+    for att in stored:  # before the first byte goes out: a missing file is a clean 404
         blobs.size(att.sha256)
     response = web.StreamResponse(headers={"Content-Type": "application/xml; charset=utf-8"})
     await response.prepare(request)
-    pieces = iter_edxml(envelope, blobs.chunks)
-    while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+    async for piece in pieces_of(envelope, blobs):
         await response.write(piece)
     await response.write_eof()
     return response

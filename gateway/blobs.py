@@ -30,7 +30,8 @@ from gateway.codecs.edxml import Spooled, spool_edxml
 from gateway.codecs.xmlsafe import XmlLimits
 from gateway.errors import NotFound
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+#: A SHA-256 digest as the store names files (lower-case hex).
+DIGEST = re.compile(r"[0-9a-f]{64}")
 CHUNK = 256 * 1024
 #: A package no larger than this cannot hold a file above the inline limit (the Envelope's
 #: ``Attachment.content`` max length): it is decoded in memory, a larger one through the store.
@@ -52,6 +53,8 @@ class BlobSink:
         self.size = 0
         #: The stored file's mtime once committed: what a clean-up compares before removing.
         self.committed_ns = 0
+        #: Committed as a new file (not one the store already had).
+        self.created = False
 
     def write(self, data: bytes) -> int:
         assert self._file is not None, "write after commit or discard"
@@ -87,6 +90,7 @@ class BlobSink:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self._tmp, final)
         self.committed_ns = final.stat().st_mtime_ns
+        self.created = True
         return digest
 
     def discard(self) -> None:
@@ -113,7 +117,7 @@ class BlobStore:
         return BlobSink(self)
 
     def path(self, sha256: str) -> Path:
-        if not _SHA256.fullmatch(sha256):
+        if not DIGEST.fullmatch(sha256):
             raise ValueError(f"not a SHA-256 digest: {sha256[:80]!r}")
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
@@ -172,7 +176,7 @@ class BlobStore:
         ``older_than`` seconds ago."""
         cutoff = time.time() - older_than
         for path in self.root.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*"):
-            if not _SHA256.fullmatch(path.name):
+            if not DIGEST.fullmatch(path.name):
                 continue
             try:
                 stat = path.stat()
@@ -229,13 +233,9 @@ def spool_package(blobs: BlobStore, stream: IO[bytes], limits: XmlLimits
 
     try:
         spooled = spool_edxml(stream, open_sink, limits=limits)
-        new: dict[str, int] = {}
         for sink in sinks:
-            existed = blobs.exists(sink.sha256)
-            digest = sink.commit()
-            if not existed:
-                new[digest] = sink.committed_ns
-        return spooled, new
+            sink.commit()
+        return spooled, {s.sha256: s.committed_ns for s in sinks if s.created}
     finally:
         for sink in sinks:
             sink.discard()  # after a commit: nothing left to remove

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -16,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from gateway.api.keys import AGENCY, BLOBS, BROKER, SETTINGS, STORE
-from gateway.blobs import UPLOAD_VALID
+from gateway.blobs import DIGEST, UPLOAD_VALID
 from gateway.codecs import decode
 from gateway.envelope import AnyEnvelope
 from gateway.errors import (
@@ -41,7 +40,6 @@ log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
 _KEY_MAX = 255
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None
@@ -178,7 +176,23 @@ async def visible_message(request: web.Request) -> tuple[str, MessageRow]:
 
 
 _SHA256_HEADER = "X-Content-SHA256"
-_UPLOAD_CHUNK = 256 * 1024
+_READ = 256 * 1024
+
+
+async def receive_bounded(request: web.Request, limit: int,
+                          write: Callable[[bytes], object]) -> int:
+    """Stream the request body into ``write`` (blocking file I/O: run in a worker thread),
+    a piece at a time; 413 as soon as it passes ``limit`` bytes, before reading on when the
+    request says its length. Returns the number of bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    size = 0
+    async for piece in request.content.iter_chunked(_READ):
+        size += len(piece)
+        if size > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+        await asyncio.to_thread(write, piece)
+    return size
 
 
 @routes.post("/api/v1/attachments")
@@ -191,18 +205,12 @@ async def upload_attachment(request: web.Request) -> web.Response:
     app = request.app
     blobs, limit = app[BLOBS], app[SETTINGS].max_package_bytes
     expected = request.headers.get(_SHA256_HEADER)
-    if expected is not None and not _HEX64.fullmatch(expected.lower()):
+    if expected is not None and not DIGEST.fullmatch(expected.lower()):
         raise MalformedInput(f"{_SHA256_HEADER} is not a hex SHA-256",
                              errors=[FieldError(f"header:{_SHA256_HEADER}", "64 hex digits")])
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     sink = await asyncio.to_thread(blobs.sink)
     try:
-        async for piece in request.content.iter_chunked(_UPLOAD_CHUNK):
-            if sink.size + len(piece) > limit:
-                raise web.HTTPRequestEntityTooLarge(max_size=limit,
-                                                    actual_size=sink.size + len(piece))
-            await asyncio.to_thread(sink.write, piece)
+        await receive_bounded(request, limit, sink.write)
         if expected is not None and sink.sha256 != expected.lower():
             raise UnprocessableRequest(
                 f"the {sink.size} bytes received do not have the SHA-256 {_SHA256_HEADER} "
